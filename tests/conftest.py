@@ -1,0 +1,20 @@
+"""Test-wide settings. Environment variables are set before any saekit/triton import so that Triton
+kernels run in the interpreter on CPU and nothing reaches the network."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_name] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
