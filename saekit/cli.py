@@ -1,2 +1,137 @@
-def main():
-    pass
+"""`saekit` command line: one subcommand per stage, each parsing one stage config then calling the library.
+
+    saekit collect configs/demo_collect.yaml max_tokens=50000
+    saekit train configs/topk.yaml sae.k=64 [--resume]
+    saekit eval runs/topk
+    saekit demo
+    saekit hooks tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from saekit.errors import SaekitError
+
+logger = logging.getLogger("saekit")
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from saekit.activations import collect
+    from saekit.config import CollectConfig, load_config
+
+    path, overrides = _split_config_and_overrides(args.args)
+    cfg = load_config(CollectConfig, path, overrides)
+    for hookpoint, directory in collect(cfg).items():
+        sys.stdout.write(f"{hookpoint}: {directory}\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from saekit.config import TrainConfig, load_config
+    from saekit.train import train
+
+    path, overrides = _split_config_and_overrides(args.args)
+    cfg = load_config(TrainConfig, path, overrides)
+    run_dir = train(cfg, resume=args.resume)
+    sys.stdout.write(f"run: {run_dir}\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from saekit.config import EvalConfig, load_config
+    from saekit.eval import evaluate_run, format_eval_table
+
+    cfg = load_config(EvalConfig, args.config, args.overrides)
+    result = evaluate_run(Path(args.run), cfg)
+    sys.stdout.write(format_eval_table(result) + "\n")
+    sys.stdout.write(f"written: {Path(args.run) / 'eval.json'}\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from saekit.config import load_config
+    from saekit.demo import DemoConfig, run_demo
+
+    path, overrides = _split_config_and_overrides(args.args)
+    cfg = load_config(DemoConfig, path, overrides)
+    sys.stdout.write(run_demo(cfg) + "\n")
+    return 0
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    from saekit.models import list_hookpoints, load_model
+
+    model = load_model(args.model)
+    sys.stdout.write("\n".join(list_hookpoints(model)) + "\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from saekit.bench import run_bench
+
+    sys.stdout.write(run_bench(args.args) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saekit", description="Sparse-autoencoder workbench.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="cache activations: CONFIG.yaml [key=value ...]")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("train", help="train an SAE: CONFIG.yaml [key=value ...]")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run: RUN_DIR [key=value ...]")
+    p.add_argument("run", help="run directory written by `saekit train`")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--config", default=None, help="optional eval YAML")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="collect, train and evaluate on the embedded model end to end")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("hooks", help="list a model's hook points: MODEL (embedded, tiny, a local dir)")
+    p.add_argument("model", nargs="?", default="embedded")
+    p.set_defaults(func=cmd_hooks)
+
+    p = sub.add_parser("bench", help="speed/memory benchmarks, printed as ratios measured in one run")
+    p.add_argument("args", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    try:
+        return args.func(args)
+    except SaekitError as err:
+        logger.error("%s", err)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted; completed shards/checkpoints are kept — re-run to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -197,8 +197,8 @@ def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     for key, value in raw.items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; valid keys: {sorted(fields)}"
-            raise ConfigError(f"unknown config key {prefix}{key!r} for {cls.__name__}{hint}")
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {sorted(fields)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}' for {cls.__name__}{hint}")
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
     try:
         return cls(**kwargs)

@@ -1,0 +1,201 @@
+"""The training loop: one SAE, one objective, Adam with the unit-norm decoder constraint, exact resume.
+
+`fit` only calls `step`, `log`, `maybe_checkpoint`; everything architecture-specific lives in the SAE's
+activation strategy and the objective, so the trainer never branches on method names.
+
+    run_dir = train(load_config(TrainConfig, "configs/topk.yaml"))
+    run_dir = train(cfg, resume=True)      # continues from the newest checkpoint, bit-for-bit on CPU
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saekit.config import TrainConfig, save_config
+from saekit.errors import DataError, RunDirError
+from saekit.train.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from saekit.train.sources import TrainingSource, open_training_source
+
+logger = logging.getLogger(__name__)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
+    """Train an SAE as configured; returns the run directory (with final/ and metrics.jsonl)."""
+    run_dir = Path(cfg.run_dir)
+    _check_run_dir(run_dir, resume)
+    torch.manual_seed(cfg.seed)
+    source = open_training_source(cfg)
+    trainer = Trainer.create(cfg, source, run_dir)
+    if resume:
+        trainer.restore(latest_checkpoint(run_dir / "checkpoints"))
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    trainer.fit()
+    trainer.sae.normalize_decoder_rows_()  # the last step leaves rows only approximately unit norm
+    _save_final(trainer.sae, run_dir / "final")
+    logger.info("training done: %s", run_dir / "final")
+    return run_dir
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, source: TrainingSource, sae, mse_scale: float, run_dir: Path):
+        from saekit.train.dead import DeadLatentTracker
+        from saekit.train.objectives import get_objective
+
+        self.cfg, self.source, self.sae, self.run_dir = cfg, source, sae, run_dir
+        self.mse_scale = mse_scale
+        self.objective = get_objective(cfg.sae)
+        self.lr = cfg.resolve_lr(sae.d_sae)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.lr, betas=cfg.adam_betas,
+                                          eps=cfg.adam_eps, **_fused_kwargs(cfg.device))
+        self.tracker = DeadLatentTracker(sae.d_sae, cfg.sae.dead_tokens)
+        self.step_count, self.tokens = 0, 0
+        self._window: list[dict[str, float]] = []
+        self._window_start = time.perf_counter()
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, source: TrainingSource, run_dir: Path) -> Trainer:
+        """Build and initialise an SAE from the source's sample (scale, b_dec, tied encoder)."""
+        from saekit.sae import Sae, estimate_act_scale, init_sae_from_data_
+
+        sample = source.sample.to(cfg.device)
+        scale = estimate_act_scale(sample, cfg.sae.normalize_activations)
+        sae = Sae(source.d_in, cfg.sae, act_scale=scale, hookpoint=source.hookpoint,
+                  model_id=source.model_id, extra_cfg={"source": source.description}).to(cfg.device)
+        init_sae_from_data_(sae, sample * scale)
+        centred = sample.double() * scale - (sample.double() * scale).mean(0)
+        mse_scale = float(1.0 / centred.pow(2).mean())  # fixed FVU denominator (Gao et al. train.py)
+        logger.info("SAE %s: d_in=%d d_sae=%d k=%d act_scale=%.4g lr=%.3g", cfg.sae.activation, sae.d_in,
+                    sae.d_sae, cfg.sae.k, scale, cfg.resolve_lr(sae.d_sae))
+        return cls(cfg, source, sae, mse_scale, run_dir)
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def fit(self) -> None:
+        total = self.cfg.total_steps
+        bar = tqdm(total=total, initial=self.step_count, desc="train", unit="step",
+                   disable=not self.cfg.progress, dynamic_ncols=True)
+        while self.step_count < total:
+            batch = self.source.next_batch().to(self.cfg.device)
+            record = self.step(batch)
+            self._window.append(record)
+            bar.update(1)
+            if self.step_count % self.cfg.log_every == 0 or self.step_count == total:
+                summary = self.log()
+                bar.set_postfix(fvu=f"{summary['fvu']:.3f}", l0=f"{summary['l0']:.1f}",
+                                dead=f"{summary['dead_fraction']:.2%}")
+            self.maybe_checkpoint()
+        bar.close()
+
+    def step(self, batch) -> dict[str, float]:
+        from saekit.sae import constrained_adam_step
+
+        if not torch.isfinite(batch.acts).all():
+            raise DataError(f"step {self.step_count}: batch contains NaN/inf activations; re-collect the cache")
+        batch.acts = batch.acts * self.sae.act_scale
+        out = self.objective(self.sae, batch, dead_mask=self.tracker.dead_mask(), mse_scale=self.mse_scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        constrained_adam_step(self.sae, self.optimizer)
+        self.tracker.update(out.fired, len(batch))
+        self.step_count += 1
+        self.tokens += len(batch)
+        return {"loss": float(out.loss.detach()), **out.losses, **out.metrics}
+
+    def log(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self._window_start
+        keys = self._window[0].keys()
+        summary = {key: sum(r[key] for r in self._window) / len(self._window) for key in keys}
+        summary.update(step=self.step_count, tokens=self.tokens, lr=self.lr,
+                       dead_fraction=self.tracker.dead_fraction(),
+                       tokens_per_s=len(self._window) * self.cfg.batch_size / max(elapsed, 1e-9))
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(summary) + "\n")
+        self._window, self._window_start = [], time.perf_counter()
+        return summary
+
+    def maybe_checkpoint(self) -> None:
+        if self.step_count % self.cfg.checkpoint_every == 0 and self.step_count < self.cfg.total_steps:
+            self.save_checkpoint()
+
+    # ------------------------------------------------------------------------------- checkpointing
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step_count,
+            "tokens": self.tokens,
+            "mse_scale": self.mse_scale,
+            "rng": rng_state(),
+            "reader": self.source.state_dict(),
+            "dead_tracker": _tensors_to_lists(self.tracker.state_dict()),
+        }
+        path = save_checkpoint(self.run_dir / "checkpoints", self.step_count, self.sae, self.optimizer, state)
+        logger.debug("checkpoint %s", path)
+        return path
+
+    def restore(self, step_dir: Path | None) -> None:
+        from saekit.sae import Sae
+
+        if step_dir is None:
+            raise RunDirError(f"--resume: {self.run_dir}/checkpoints has no checkpoint; start without --resume")
+        saved = Sae.load(step_dir / "sae", device=self.cfg.device)
+        if saved.d_in != self.sae.d_in or saved.d_sae != self.sae.d_sae:
+            raise DataError(f"--resume: checkpoint has d_in={saved.d_in}, d_sae={saved.d_sae} but the data "
+                            f"gives d_in={self.sae.d_in}, d_sae={self.sae.d_sae}; use the cache it was trained on")
+        self.sae.load_state_dict(saved.state_dict())
+        self.sae.act_scale = saved.act_scale
+        state = load_trainer_state(step_dir, self.optimizer)
+        self.step_count, self.tokens, self.mse_scale = state["step"], state["tokens"], state["mse_scale"]
+        set_rng_state(state["rng"])
+        self.source.load_state_dict(state["reader"])
+        self.tracker.load_state_dict(_lists_to_tensors(state["dead_tracker"]))
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step_count)
+        logger.info("resumed from %s (step %d, %d tokens)", step_dir, self.step_count, self.tokens)
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise RunDirError(f"--resume: {run_dir} is not a run directory (no config.yaml); "
+                              "start a new run without --resume")
+    elif (run_dir / "final").exists() or (run_dir / "checkpoints").exists():
+        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+                          f"run_dir=... (nothing was overwritten)")
+
+
+def _save_final(sae, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sae.save(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from, so metrics.jsonl has no duplicates."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _fused_kwargs(device: str) -> dict[str, Any]:
+    # fused Adam measured 8x cheaper than the default foreach path on this CPU (design.md §5)
+    return {"fused": True}
+
+
+def _tensors_to_lists(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+
+
+def _lists_to_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: (torch.tensor(v) if isinstance(v, list) else v) for k, v in state.items()}
