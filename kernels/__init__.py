@@ -1,0 +1,64 @@
+"""saekit.kernels — the only two ops through which an SAE decodes and gets its encoder gradients.
+
+Both take a CSR-shaped sparse code (row b owns entries offsets[b]:offsets[b+1], rows may be empty) and
+accumulate in fp32. Today they run the pure-torch twins in `torch_ops`; a Triton backend is dispatched
+from inside these functions (chosen once per process, see design.md §5), so callers never change.
+
+    from saekit.kernels import encode_selected, sparse_decode
+    pre = encode_selected(x, W_enc, b_enc, b_dec, rows, indices, h_selected)     # attaches autograd
+    x_hat = sparse_decode(indices, torch.relu(pre), offsets, W_dec, b_dec)
+"""
+
+from __future__ import annotations
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .backend import kernel_backend
+from .torch_ops import encode_selected_torch, sparse_decode_torch
+
+__all__ = ["encode_selected", "kernel_backend", "sparse_decode"]
+
+
+def sparse_decode(
+    indices: Int[Tensor, " nnz"],
+    values: Float[Tensor, " nnz"],
+    offsets: Int[Tensor, " batch_plus_1"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    b_dec: Float[Tensor, " d_in"] | None = None,
+) -> Float[Tensor, "batch d_in"]:
+    """x̂[b] = Σ_{e in row b} values[e]·W_dec[indices[e]] (+ b_dec), accumulated and returned in fp32.
+
+    Differentiable w.r.t. values, W_dec and b_dec. Nothing dense of shape [batch, d_sae] is built.
+    """
+    _check_code(indices, values, offsets)
+    assert W_dec.dim() == 2, f"W_dec must be [d_sae, d_in], got {tuple(W_dec.shape)}"
+    return sparse_decode_torch(indices, values, offsets, W_dec, b_dec)
+
+
+def encode_selected(
+    x: Float[Tensor, "batch d_in"],
+    W_enc: Float[Tensor, "d_in d_sae"],
+    b_enc: Float[Tensor, " d_sae"],
+    b_dec: Float[Tensor, " d_in"],
+    rows: Int[Tensor, " nnz"],
+    indices: Int[Tensor, " nnz"],
+    pre_acts: Float[Tensor, " nnz"],
+) -> Float[Tensor, " nnz"]:
+    """Selected pre-activations h[rows, indices] (h = (x − b_dec) W_enc + b_enc, computed under no_grad)
+    returned in fp32 and attached to autograd. The backward uses only the nnz gradient entries:
+    ∂b_enc = per-latent sums, ∂W_enc[:, i] = Σ_{e: idx_e = i} g_e (x − b_dec)[row_e], ∂b_dec = −W_enc ∂b_enc,
+    and ∂x only when x requires grad. Latents never selected get exactly zero gradient.
+    """
+    assert rows.shape == indices.shape == pre_acts.shape, "rows, indices and pre_acts must all be [nnz]"
+    assert x.dim() == 2 and W_enc.shape == (x.shape[1], b_enc.shape[0]), (
+        f"W_enc must be [d_in, d_sae] = [{x.shape[1]}, {b_enc.shape[0]}], got {tuple(W_enc.shape)}"
+    )
+    return encode_selected_torch(x, W_enc, b_enc, b_dec, rows, indices, pre_acts)
+
+
+def _check_code(indices: Tensor, values: Tensor, offsets: Tensor) -> None:
+    # Shape/dtype checks only: anything data-dependent would force a device sync on every call.
+    assert indices.dim() == 1 and indices.shape == values.shape, "indices and values must both be [nnz]"
+    assert offsets.dim() == 1 and offsets.numel() >= 1, "offsets must be [batch + 1]"
+    assert indices.dtype == offsets.dtype, "indices and offsets must share an integer dtype (int64)"

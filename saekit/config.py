@@ -87,6 +87,37 @@ class SaeConfig:
     init_b_dec: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     normalize_activations: Literal["mean_norm_sqrt_d", "none"] = "mean_norm_sqrt_d"
     """Dataset-wise constant scale so that E||x|| = sqrt(d_in); the factor is stored in cfg.json."""
+    init: Literal["tied", "subspace"] = "tied"
+    """Decoder init: random rows with encoder = decoder transpose, or rows inside the activations'
+    principal subspace (algorithms.md §8)."""
+    subspace_variance: float = 0.99
+    """Subspace init: keep the top components explaining this fraction of the variance."""
+    threshold_ema: float = 0.01
+    """Batch-coupled methods: EMA rate of the inference threshold(s) (updated in training mode only)."""
+    fc_tokens_per_latent: int | None = None
+    """Feature-Choice m (tokens per latent per batch); None means ceil(k * batch / d_sae)."""
+    zipf_exponent: float = 1.0
+    """aux_zipf (provisional, algorithms.md §4.3): exponent s of the Zipf frequency target."""
+    zipf_tau: float = 0.5
+    """aux_zipf: a latent is underutilised when its frequency < tau * target."""
+    prefixes: tuple[int, ...] | None = None
+    """Matryoshka fixed prefix widths (strictly increasing, last = d_sae); None: [n/16, n/8, n/4, n/2, n]."""
+    prefix_weights: tuple[float, ...] | None = None
+    """Matryoshka per-prefix loss weights; None means 1/G each."""
+    prefix_mode: Literal["fixed", "sampled"] = "fixed"
+    """Matryoshka: fixed groups (Bussmann) or prefixes sampled every step with latent re-sorting (Nabeshima)."""
+    n_sampled_prefixes: int = 10
+    min_prefix_length: int = 1
+    k_levels: tuple[int, ...] | None = None
+    """Multi-k objectives: the k values trained (multi_topk default (k, 4k); msae default doubling to d_sae)."""
+    level_weights: Literal["uniform", "reverse"] = "uniform"
+    """MSAE level weights: UW (uniform) or RW (largest weight on the smallest k)."""
+    grad_beta: float = 1.0
+    """g-SAE: selection score h * (1 + beta * |g W_dec^T|); beta=0 is plain TopK (value unverified)."""
+    grad_select: Literal["grad", "plain"] = "grad"
+    """g-SAE inference selection mode when gradients are available."""
+    mp_steps: int | None = None
+    """MP-SAE matching-pursuit steps T (None means k); may be changed at inference."""
 
     def __post_init__(self) -> None:
         _require(self.k > 0, "k", "must be a positive number of active latents")
@@ -114,6 +145,8 @@ class TrainConfig:
     """Which hook point of the cache to train on; None picks the only one."""
     live: CollectConfig | None = None
     """When set (and cache_dir is null), activations stream straight from the model, no disk."""
+    objective: str = "topk_auxk"
+    """Training objective from the registry in saekit.train.objectives."""
     run_dir: str = "runs/topk"
     total_tokens: int = 200_000
     batch_size: int = 4096

@@ -61,10 +61,15 @@ def chunk_tokens(
             produced += 1
             start += piece
         del buffer[:start]
+    if yielded == 0 and produced == 0:
+        raise CorpusError(
+            f"the corpus is empty or shorter than one sequence of {context_length} tokens; "
+            "use a larger corpus or a smaller context_length"
+        )
     if yielded == 0:
         raise CorpusError(
-            f"the corpus produced {produced} sequence(s) of {context_length} tokens but skip_sequences="
-            f"{skip_sequences}; use a larger corpus, a smaller context_length, or fewer skipped sequences"
+            f"the corpus has only {produced} sequence(s) of {context_length} tokens but "
+            f"skip_sequences={skip_sequences}; skip fewer sequences or use a larger corpus"
         )
 
 
@@ -81,8 +86,14 @@ def token_batches(
     """`chunk_tokens` stacked into [batch_size, context_length] batches (the last one may be smaller)."""
     if batch_size <= 0:
         raise CorpusError(f"batch_size must be positive, got {batch_size}")
-    seqs = chunk_tokens(texts, tokenizer, context_length, bos_id=bos_id,
-                        max_sequences=max_sequences, skip_sequences=skip_sequences)
+    seqs = chunk_tokens(
+        texts,
+        tokenizer,
+        context_length,
+        bos_id=bos_id,
+        max_sequences=max_sequences,
+        skip_sequences=skip_sequences,
+    )
     while batch := list(itertools.islice(seqs, batch_size)):
         yield torch.stack(batch)
 

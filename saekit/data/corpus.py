@@ -25,8 +25,10 @@ from saekit.errors import CorpusError
 
 logger = logging.getLogger(__name__)
 
-_ACCEPTED = ("'embedded' (the offline demo corpus), a .txt file, a directory of .txt/.md files, "
-             "or a .jsonl file with one {\"text\": ...} object per line")
+_ACCEPTED = (
+    "'embedded' (the offline demo corpus), a .txt file, a directory of .txt/.md files, "
+    'or a .jsonl file with one {"text": ...} object per line'
+)
 _fingerprints: dict[tuple, str] = {}
 
 
@@ -87,8 +89,9 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise CorpusError(f"{path} line {number} is not valid JSON ({err.msg}); "
-                                  "each line must be one JSON object") from None
+                raise CorpusError(
+                    f"{path} line {number} is not valid JSON ({err.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(record, dict):
                 raise CorpusError(f"{path} line {number} is a JSON {type(record).__name__}, not an object")
             if text_field not in record:
@@ -98,8 +101,10 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
                 )
             text = record[text_field]
             if not isinstance(text, str):
-                raise CorpusError(f"{path} line {number}: field {text_field!r} is a "
-                                  f"{type(text).__name__}, expected a string")
+                raise CorpusError(
+                    f"{path} line {number}: field {text_field!r} is a "
+                    f"{type(text).__name__}, expected a string"
+                )
             if text.strip():
                 yield text
 

@@ -37,8 +37,19 @@ DOC_CHARS = 4000
 whole modules (which would put all of one module into one run of consecutive chunks)."""
 MIN_DOCSTRING_CHARS = 80
 # Stdlib parts whose docstrings are boilerplate (codec stubs), code samples or tests.
-_SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "__pycache__",
-              "encodings", "ensurepip", "pydoc_data", "venv"}
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
+    "site-packages",
+    "__pycache__",
+    "encodings",
+    "ensurepip",
+    "pydoc_data",
+    "venv",
+}
 
 _memory: dict[Path, list[str]] = {}
 
@@ -61,8 +72,13 @@ def embedded_documents() -> list[str]:
         with atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
         chars = sum(len(d) for d in docs)
-        logger.info("built embedded corpus: %d documents, %.1f MB of text in %.1f s -> %s",
-                    len(docs), chars / 1e6, time.perf_counter() - start, path)
+        logger.info(
+            "built embedded corpus: %d documents, %.1f MB of text in %.1f s -> %s",
+            len(docs),
+            chars / 1e6,
+            time.perf_counter() - start,
+            path,
+        )
     lines = path.read_text(encoding="utf-8").splitlines()
     docs = [json.loads(line) for line in lines if line]
     _memory[path] = docs

@@ -63,7 +63,9 @@ class SparsityStats:
         l0 = code.l0_per_row().cpu()
         hist = torch.bincount(l0).double()
         if hist.numel() > self.l0_counts.numel():
-            self.l0_counts = torch.nn.functional.pad(self.l0_counts, (0, hist.numel() - self.l0_counts.numel()))
+            self.l0_counts = torch.nn.functional.pad(
+                self.l0_counts, (0, hist.numel() - self.l0_counts.numel())
+            )
         self.l0_counts[: hist.numel()] += hist
         self.tokens += code.batch_size
 
@@ -88,7 +90,9 @@ class SparsityStats:
         }
 
 
-def log_density_histogram(freq: Float[Tensor, " d_sae"], bins: int = DENSITY_BINS) -> tuple[list[int], list[float]]:
+def log_density_histogram(
+    freq: Float[Tensor, " d_sae"], bins: int = DENSITY_BINS
+) -> tuple[list[int], list[float]]:
     """Histogram of log10(freq + 1e-10) with `bins` equal bins over [-10, 0]; counts sum to d_sae.
 
     Values are clamped into the range first: freq = 1 gives log10(1 + 1e-10) > 0, which would otherwise
@@ -124,7 +128,9 @@ class ReconstructionStats:
     ) -> None:
         """Add one batch of inputs, their reconstructions and (optionally) their sparse codes."""
         if x.shape != x_hat.shape or x.ndim != 2:
-            raise DataError(f"x and x_hat must both be [batch, d_in]; got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+            raise DataError(
+                f"x and x_hat must both be [batch, d_in]; got {tuple(x.shape)} and {tuple(x_hat.shape)}"
+            )
         if self.d_in is None:
             self.d_in = x.shape[1]
             self.sum_x = torch.zeros(self.d_in, dtype=torch.float64)
@@ -132,7 +138,9 @@ class ReconstructionStats:
             raise DataError(f"rows have width {x.shape[1]} but earlier batches had {self.d_in}")
         x64, xh64 = x.detach().double().cpu(), x_hat.detach().double().cpu()
         if not (torch.isfinite(x64).all() and torch.isfinite(xh64).all()):
-            raise DataError("non-finite values in activations or reconstructions; check the cache and the SAE")
+            raise DataError(
+                "non-finite values in activations or reconstructions; check the cache and the SAE"
+            )
         x_sq, xh_sq = (x64 * x64).sum(1), (xh64 * xh64).sum(1)
         dot = (x64 * xh64).sum(1)
         x_norm, xh_norm = x_sq.sqrt(), xh_sq.sqrt()

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from saekit import models
 from saekit.eval.metrics import ReconstructionStats, safe_ratio
+from saekit.types import SparseCode
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +71,38 @@ def _keep_special(fn: SpliceFn, special: Bool[Tensor, "batch seq"]) -> SpliceFn:
     return guarded
 
 
+def reconstruct_with_code(sae: Any, x_raw: Float[Tensor, "rows d_in"]) -> tuple[Tensor, SparseCode]:
+    """Raw rows -> (raw x̂, sparse code) with a single encode: the steps of `Sae.reconstruct`, keeping the
+    code. Inference-mode selection (`training=False`), so batch-coupled SAEs use their thresholds."""
+    code = sae.encode(sae.scale_input(x_raw), training=False)
+    x_hat = sae.decode(code)
+    if sae.act_scale != 1.0:
+        x_hat = x_hat / sae.act_scale
+    return x_hat.to(x_raw.dtype), code
+
+
+def select_rows(code: SparseCode, keep: Bool[Tensor, " batch"]) -> SparseCode:
+    """The CSR code restricted to rows where `keep` is True (renumbered in order)."""
+    row = code.row_ids()
+    entry_keep = keep[row]
+    new_row = torch.cumsum(keep.long(), 0) - 1
+    n_kept = int(keep.sum())
+    return SparseCode.from_rows(
+        new_row[row[entry_keep]], code.indices[entry_keep], code.values[entry_keep], n_kept, code.d_sae
+    )
+
+
 def _sae_splice(sae: Any, keep: Bool[Tensor, "batch seq"], recon: ReconstructionStats | None) -> SpliceFn:
     """x -> x̂ through the SAE on flattened rows; optionally feed the non-special rows to `recon`."""
 
     def splice(act: Tensor) -> Tensor:
         rows = act.reshape(-1, sae.d_in).float()
-        x_hat = sae.reconstruct(rows)
-        if recon is not None:
-            flat_keep = keep.reshape(-1)
-            code = sae.encode(rows[flat_keep] * sae.act_scale) if recon.sparsity is not None else None
-            recon.update(rows[flat_keep], x_hat[flat_keep], code)
+        if recon is None:
+            return sae.reconstruct(rows).reshape(act.shape)
+        x_hat, code = reconstruct_with_code(sae, rows)
+        flat_keep = keep.reshape(-1)
+        kept_code = select_rows(code, flat_keep) if recon.sparsity is not None else None
+        recon.update(rows[flat_keep], x_hat[flat_keep], kept_code)
         return x_hat.reshape(act.shape)
 
     return splice

@@ -56,8 +56,7 @@ def open_training_source(cfg: TrainConfig) -> TrainingSource:
 def _cache_source(cfg: TrainConfig) -> TrainingSource:
     from saekit.activations import ShuffledReader, open_cache
 
-    cache = open_cache(cfg.cache_dir, cfg.hookpoint)
-    cache.verify()
+    cache = open_cache(cfg.cache_dir, cfg.hookpoint)  # every shard load re-hashes against the manifest
     manifest = cache.manifest
     sample = cache.rows(min(cfg.norm_estimation_tokens, cache.num_tokens)).float()
     check_finite(sample, f"cache {cfg.cache_dir}")
@@ -77,16 +76,19 @@ def _cache_source(cfg: TrainConfig) -> TrainingSource:
 
 def _live_source(cfg: TrainConfig) -> TrainingSource:
     from saekit.activations import LiveStream
+    from saekit.models import load_model
 
     hookpoint = cfg.hookpoint or cfg.live.hookpoints[0]
-    stream = LiveStream(cfg.live, hookpoint, cfg.batch_size)
+    model = load_model(cfg.live.model, device=cfg.live.device)
+    stream = LiveStream(cfg.live, hookpoint, cfg.batch_size, model=model)
+    # The estimation sample comes from a second stream over the same text: the rows are seen again in
+    # training, exactly as cached runs estimate on rows they also train on.
+    sampler = iter(LiveStream(cfg.live, hookpoint, cfg.batch_size, model=model))
     rows, got = [], 0
-    sampler = LiveStream(cfg.live, hookpoint, cfg.batch_size)
-    for batch in sampler:
+    while got < cfg.norm_estimation_tokens:
+        batch = next(sampler)
         rows.append(batch.acts)
         got += len(batch)
-        if got >= cfg.norm_estimation_tokens:
-            break
     sample = torch.cat(rows)[: cfg.norm_estimation_tokens].float()
     check_finite(sample, "live activations")
     description = {"kind": "live", "model": cfg.live.model, "corpus": cfg.live.corpus}

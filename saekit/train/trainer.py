@@ -53,7 +53,7 @@ class Trainer:
 
         self.cfg, self.source, self.sae, self.run_dir = cfg, source, sae, run_dir
         self.mse_scale = mse_scale
-        self.objective = get_objective(cfg.sae)
+        self.objective = get_objective(cfg.objective)
         self.lr = cfg.resolve_lr(sae.d_sae)
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.lr, betas=cfg.adam_betas,
                                           eps=cfg.adam_eps, **_fused_kwargs(cfg.device))
@@ -66,14 +66,15 @@ class Trainer:
     def create(cls, cfg: TrainConfig, source: TrainingSource, run_dir: Path) -> Trainer:
         """Build and initialise an SAE from the source's sample (scale, b_dec, tied encoder)."""
         from saekit.sae import Sae, estimate_act_scale, init_sae_from_data_
+        from saekit.train.objectives import mse_scale_from_sample
 
         sample = source.sample.to(cfg.device)
         scale = estimate_act_scale(sample, cfg.sae.normalize_activations)
         sae = Sae(source.d_in, cfg.sae, act_scale=scale, hookpoint=source.hookpoint,
                   model_id=source.model_id, extra_cfg={"source": source.description}).to(cfg.device)
-        init_sae_from_data_(sae, sample * scale)
-        centred = sample.double() * scale - (sample.double() * scale).mean(0)
-        mse_scale = float(1.0 / centred.pow(2).mean())  # fixed FVU denominator (Gao et al. train.py)
+        scaled = sae.scale_input(sample)
+        init_sae_from_data_(sae, scaled)
+        mse_scale = mse_scale_from_sample(scaled)  # fixed FVU denominator (Gao et al. train.py)
         logger.info("SAE %s: d_in=%d d_sae=%d k=%d act_scale=%.4g lr=%.3g", cfg.sae.activation, sae.d_in,
                     sae.d_sae, cfg.sae.k, scale, cfg.resolve_lr(sae.d_sae))
         return cls(cfg, source, sae, mse_scale, run_dir)
@@ -101,11 +102,15 @@ class Trainer:
 
         if not torch.isfinite(batch.acts).all():
             raise DataError(f"step {self.step_count}: batch contains NaN/inf activations; re-collect the cache")
-        batch.acts = batch.acts * self.sae.act_scale
+        batch.acts = self.sae.scale_input(batch.acts)
+        if batch.grads is not None:  # dL/d(c·x) = (dL/dx) / c: gradients live in the scaled space too
+            batch.grads = batch.grads.float() / self.sae.act_scale
         out = self.objective(self.sae, batch, dead_mask=self.tracker.dead_mask(), mse_scale=self.mse_scale)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         constrained_adam_step(self.sae, self.optimizer)
+        if hasattr(self.objective, "post_step"):  # e.g. Matryoshka latent re-sorting (+ Adam moments)
+            self.objective.post_step(self.sae, self.optimizer, self.tracker, out)
         self.tracker.update(out.fired, len(batch))
         self.step_count += 1
         self.tokens += len(batch)

@@ -1,0 +1,205 @@
+"""`saekit index RUN`: build the latent index of a trained run into `<run>/index/` (see `format.py`).
+
+One streaming pass over held-out text (the run's model and corpus, skipping the sequences the training
+cache consumed) collects per-latent statistics and examples; then weight-only passes add logit effects,
+decoder neighbours and the input/output scores of algorithms.md §9. The SAE runs in inference mode, and
+special positions (BOS/EOS) are neither counted nor used as examples.
+
+Examples. An example is one (sequence, position) with a window of `before` tokens before and `after`
+after, carrying the token ids and that latent's activation at every window token. A latent's *top
+examples* are the sequences where its maximum activation is largest (one example per sequence, centred on
+that maximum, so near-duplicate windows from one passage do not crowd the list). Its *quantile examples*
+come from a uniform random sample of firing positions (at most one per sequence), binned by the latent's
+activation quantiles (`quantile_bins` equal-mass bins of its non-zero activations), `examples_per_bin`
+per bin. Activations are the SAE's latent values (inputs scaled by `act_scale`).
+
+    path = build_index("runs/demo/topk", num_sequences=256)       # -> runs/demo/topk/index
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+import saekit
+from saekit.analysis.assemble import assemble_arrays, decoded_vocab_for, write_index
+from saekit.analysis.format import HISTOGRAM_BINS, INDEX_DIR, INDEX_FORMAT_VERSION, NEUTRAL_PROMPTS
+from saekit.analysis.scan import IndexSettings, ScanResult, scan_activations
+from saekit.analysis.scores import OUTPUT_AMP
+from saekit.config import EvalConfig
+
+logger = logging.getLogger(__name__)
+
+
+def build_index(
+    run_dir: str | Path,
+    *,
+    model: Any = None,
+    num_sequences: int = 256,
+    context_length: int | None = None,
+    batch_size: int = 8,
+    top_examples: int = 20,
+    quantile_bins: int = 5,
+    examples_per_bin: int = 5,
+    context_window: tuple[int, int] = (16, 4),
+    progress: bool = True,
+    logit_lens_top_k: int = 20,
+    prompts: Sequence[str] = NEUTRAL_PROMPTS,
+    output_amp: float = OUTPUT_AMP,
+    min_input_examples: int = 10,
+    compute_output_scores: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Build `<run_dir>/index/` (replacing an older one atomically) and return its path."""
+    settings = IndexSettings(
+        num_sequences=num_sequences,
+        context_length=context_length,
+        batch_size=batch_size,
+        top_examples=top_examples,
+        quantile_bins=quantile_bins,
+        examples_per_bin=examples_per_bin,
+        context_window=tuple(context_window),
+        logit_lens_top_k=logit_lens_top_k,
+        prompts=tuple(prompts),
+        output_amp=float(output_amp),
+        min_input_examples=min_input_examples,
+        output_scores=compute_output_scores,
+        seed=seed,
+    )
+    run_dir = Path(run_dir)
+    run = open_run(run_dir, settings, model)
+    start = time.perf_counter()
+    scan = scan_activations(run.model, run.sae, run.tokens, settings, progress=progress)
+    scan_seconds = time.perf_counter() - start
+    logger.info(
+        "scanned %d tokens in %.1f s (%.0f tokens/s)",
+        scan.positions,
+        scan_seconds,
+        scan.positions / max(scan_seconds, 1e-9),
+    )
+    arrays = assemble_arrays(run.model, run.sae, scan, settings, progress=progress)
+    meta = _meta(run, scan, settings, scan_seconds, time.perf_counter() - start)
+    path = write_index(run_dir / INDEX_DIR, arrays, meta, decoded_vocab_for(run.model, arrays))
+    logger.info(
+        "index written to %s (%.0f tokens/s over the scan, %.1f s in all)",
+        path,
+        meta["throughput"]["scan_tokens_per_s"],
+        meta["throughput"]["total_seconds"],
+    )
+    return path
+
+
+@dataclass
+class IndexedRun:
+    """What an index is built from: the run's SAE (eval mode), its model, and the held-out tokens."""
+
+    run_dir: Path
+    checkpoint: Path
+    sae: Any
+    model: Any
+    plan: Any
+    tokens: Int[Tensor, "n seq"]
+
+
+def open_run(run_dir: Path, settings: IndexSettings, model: Any = None) -> IndexedRun:
+    """Load the SAE and (unless given) the model, and cut the held-out text, as `saekit eval` does."""
+    from saekit.eval.evaluate import find_checkpoint, heldout_tokens, load_train_config, plan_heldout
+    from saekit.sae import Sae
+
+    train_cfg = load_train_config(run_dir)
+    checkpoint = find_checkpoint(run_dir)
+    sae = Sae.load(checkpoint)
+    sae.eval()  # batch-coupled methods switch to their per-token threshold form
+    plan = plan_heldout(train_cfg, _manifest(train_cfg), EvalConfig(context_length=settings.context_length))
+    if model is None:
+        from saekit.models import load_model
+
+        model = load_model(plan.model)
+    _check_model(model, sae)
+    sae = sae.to(_device_of(model))
+    tokens = heldout_tokens(model, plan, settings.num_sequences)
+    logger.info(
+        "indexing %d latents of %s on %d held-out sequences x %d tokens",
+        sae.d_sae,
+        checkpoint,
+        tokens.shape[0],
+        tokens.shape[1],
+    )
+    return IndexedRun(run_dir, checkpoint, sae, model, plan, tokens)
+
+
+def _meta(run: IndexedRun, scan: ScanResult, settings: IndexSettings, scan_s: float, total_s: float) -> dict:
+    from saekit.models import model_id
+
+    sae, plan, tokens = run.sae, run.plan, run.tokens
+    return {
+        "format_version": INDEX_FORMAT_VERSION,
+        "saekit_version": saekit.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "model_id": model_id(run.model),
+        "hookpoint": sae.hookpoint,
+        "sae": {
+            "activation": sae.cfg.activation,
+            "k": sae.cfg.k,
+            "d_in": sae.d_in,
+            "d_sae": sae.d_sae,
+            "act_scale": float(sae.act_scale),
+        },
+        "d_sae": sae.d_sae,
+        "text": {
+            "corpus": plan.corpus,
+            "context_length": int(tokens.shape[1]),
+            "sequences": int(tokens.shape[0]),
+            "skipped_sequences": plan.skip_sequences,
+            "skip_reason": plan.skip_reason,
+        },
+        "tokens": scan.stats.tokens,
+        "positions": scan.positions,
+        "mean_l0": scan.stats.nonzeros / max(scan.stats.tokens, 1),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
+        "definitions": {
+            "activation": "SAE latent value on inputs scaled by act_scale, inference-mode selection",
+            "excluded_positions": "special tokens (BOS/EOS/PAD): not counted, never an example",
+            "top_examples": "one per sequence, centred on the latent's maximum in it, by that maximum",
+            "quantile_examples": "random firing positions (<= 1 per sequence) binned by activation quantiles",
+            "quantiles": f"of non-zero activations, from a {scan.stats.bins}-bin streaming histogram",
+            "histogram": f"{HISTOGRAM_BINS} equal bins over [0, max_activation]",
+            "input_score": "share of top examples whose max token is in the logit-lens top-k (NaN: too few)",
+            "output_score": "rank_score * prob_score with amp*max boost at the prompt's last position",
+        },
+        "throughput": {
+            "scan_seconds": scan_s,
+            "scan_tokens_per_s": scan.positions / max(scan_s, 1e-9),
+            "total_seconds": total_s,
+        },
+    }
+
+
+def _manifest(train_cfg: Any) -> dict[str, Any] | None:
+    if train_cfg.cache_dir is None:
+        return None
+    from saekit.activations import open_cache
+
+    return open_cache(train_cfg.cache_dir, train_cfg.hookpoint).manifest
+
+
+def _check_model(model: Any, sae: Any) -> None:
+    from saekit.models import model_id
+
+    if sae.model_id and model_id(model) != sae.model_id:
+        logger.warning("SAE was trained on %s but the index uses %s", sae.model_id, model_id(model))
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device

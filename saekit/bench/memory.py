@@ -1,0 +1,64 @@
+"""Peak memory of a few training steps, measured in a fresh subprocess per configuration.
+
+The budget a sparse step should stay near: parameters + gradients + two Adam moments (4× the weights) plus
+one [B, d_sae] pre-activation tensor. A dense step adds dense [B, d_sae] codes and gradients on top.
+
+    python -m saekit.bench.memory variant=saekit d_sae=16384 k=32     # prints one JSON line
+    row = measure_in_subprocess("saekit", StepBenchConfig())
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from dataclasses import asdict
+
+import torch
+
+from saekit.bench.step import StepBenchConfig, make_dense_step, make_saekit_step
+
+MiB = 2**20
+
+
+def expected_budget_bytes(cfg: StepBenchConfig) -> int:
+    weights = (2 * cfg.d_in * cfg.d_sae + cfg.d_sae + cfg.d_in) * 4
+    return 4 * weights + cfg.batch * cfg.d_sae * 4 + cfg.batch * cfg.d_in * 4
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure_here(variant: str, cfg: StepBenchConfig, steps: int = 2) -> dict[str, float]:
+    torch.set_num_threads(2)
+    before = _peak_rss_bytes()
+    x = torch.randn(cfg.batch, cfg.d_in)
+    if variant == "dense":
+        step = make_dense_step(cfg, x)
+    else:
+        step = make_saekit_step(cfg, x, with_aux=(variant == "saekit_auxk"))
+    for _ in range(steps):
+        step()
+    peak = _peak_rss_bytes() - before
+    budget = expected_budget_bytes(cfg)
+    return {"variant": variant, "peak_mib": peak / MiB, "budget_mib": budget / MiB, "peak_over_budget": peak / budget}
+
+
+def measure_in_subprocess(variant: str, cfg: StepBenchConfig) -> dict[str, float]:
+    args = [f"{k}={v}" for k, v in asdict(cfg).items()]
+    out = subprocess.run([sys.executable, "-m", "saekit.bench.memory", f"variant={variant}", *args],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _main(argv: list[str]) -> None:
+    opts = dict(arg.split("=", 1) for arg in argv)
+    variant = opts.pop("variant", "saekit")
+    fields = {k: (float(v) if k == "dead_fraction" else int(v)) for k, v in opts.items()}
+    sys.stdout.write(json.dumps(measure_here(variant, StepBenchConfig(**fields))) + "\n")
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -1,0 +1,115 @@
+"""Training-step cost as a multiple of one encoder GEMM, for saekit's sparse step and a dense reference.
+
+Everything is timed in one process with interleaved repetitions (GEMM, saekit, saekit+AuxK, dense, then
+again), and medians are reported, so machine noise hits every variant alike.
+
+    rows = time_step_ratios(StepBenchConfig(d_sae=16384, k=32))
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from saekit.config import SaeConfig
+from saekit.types import Batch
+
+
+@dataclass(frozen=True)
+class StepBenchConfig:
+    d_in: int = 768
+    d_sae: int = 16384
+    k: int = 32
+    batch: int = 4096
+    dead_fraction: float = 0.01
+    reps: int = 5
+    warmup: int = 1
+    seed: int = 0
+
+
+def _timeit(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def make_saekit_step(cfg: StepBenchConfig, x: torch.Tensor, with_aux: bool) -> Callable[[], None]:
+    from saekit.sae import Sae, constrained_adam_step, init_sae_from_data_
+    from saekit.train.objectives import get_objective
+
+    sae_cfg = SaeConfig(k=cfg.k, d_sae=cfg.d_sae, k_aux=None if with_aux else 0)
+    sae = Sae(cfg.d_in, sae_cfg)
+    init_sae_from_data_(sae, x[:2048])
+    objective = get_objective(sae_cfg)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, eps=6.25e-10, fused=True)
+    dead = torch.zeros(cfg.d_sae, dtype=torch.bool)
+    if with_aux:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        dead[torch.randperm(cfg.d_sae, generator=gen)[: max(1, int(cfg.dead_fraction * cfg.d_sae))]] = True
+    batch = Batch(acts=x)
+
+    def step() -> None:
+        out = objective(sae, batch, dead_mask=dead, mse_scale=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        constrained_adam_step(sae, optimizer)
+
+    return step
+
+
+def make_dense_step(cfg: StepBenchConfig, x: torch.Tensor) -> Callable[[], None]:
+    """A straightforward TopK SAE step with dense autograd everywhere (how most code writes it)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    W_enc = torch.nn.Parameter(torch.randn(cfg.d_in, cfg.d_sae, generator=gen) / cfg.d_in**0.5)
+    W_dec = torch.nn.Parameter(W_enc.detach().t().clone())
+    b_enc = torch.nn.Parameter(torch.zeros(cfg.d_sae))
+    b_dec = torch.nn.Parameter(torch.zeros(cfg.d_in))
+    optimizer = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=1e-4)
+
+    def step() -> None:
+        pre = torch.relu((x - b_dec) @ W_enc + b_enc)
+        vals, idx = pre.topk(cfg.k, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, idx, vals)
+        loss = (z @ W_dec + b_dec - x).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+        optimizer.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=-1, keepdim=True)
+
+    return step
+
+
+def time_step_ratios(cfg: StepBenchConfig, include_dense: bool = True) -> dict[str, float]:
+    """Median seconds per variant and ratios to one encoder GEMM."""
+    torch.manual_seed(cfg.seed)
+    x = torch.randn(cfg.batch, cfg.d_in)
+    W = torch.randn(cfg.d_in, cfg.d_sae) / cfg.d_in**0.5
+    variants: dict[str, Callable[[], None]] = {
+        "gemm": lambda: x @ W,
+        "saekit": make_saekit_step(cfg, x, with_aux=False),
+        "saekit_auxk": make_saekit_step(cfg, x, with_aux=True),
+    }
+    if include_dense:
+        variants["dense"] = make_dense_step(cfg, x)
+    for fn in variants.values():
+        for _ in range(cfg.warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(cfg.reps):
+        for name, fn in variants.items():
+            samples[name].append(_timeit(fn))
+    medians = {name: statistics.median(times) for name, times in samples.items()}
+    result = {f"{name}_s": t for name, t in medians.items()}
+    for name, t in medians.items():
+        if name != "gemm":
+            result[f"{name}_ratio"] = t / medians["gemm"]
+    if include_dense:
+        result["dense_over_saekit"] = medians["dense"] / medians["saekit"]
+    return result

@@ -1,0 +1,379 @@
+"""`saekit eval RUN`: score a trained SAE and write `<run>/eval.json`.
+
+Two kinds of numbers, kept apart in the output:
+- ``cached``: FVU / L0 / density on the *last* `max_eval_rows` rows of the training cache. These rows were
+  also seen in training, so they measure fit, not generalisation.
+- ``heldout``: the same reconstruction metrics plus spliced-model CE/KL on `num_sequences` sequences of
+  text the SAE never saw (the corpus from the cache manifest, skipping the sequences collection consumed).
+
+    result = evaluate_run("runs/topk", EvalConfig(num_sequences=32))
+    logger.info("\\n%s", format_eval_table(result))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from saekit.config import EvalConfig, TrainConfig, load_saved_config, to_dict
+from saekit.errors import CorpusError, RunDirError
+from saekit.eval.metrics import ReconstructionStats
+from saekit.eval.splice import ABLATIONS, EXCLUDED_POSITIONS, reconstruct_with_code, spliced_losses
+from saekit.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+EVAL_FORMAT_VERSION = 1
+DEFAULT_EVAL = EvalConfig()  # frozen, so one shared default instance is safe
+ROW_CHUNK = 4096
+"""Cached rows scored per SAE call; bounds the dense [rows, d_sae] pre-activation memory."""
+
+
+@dataclass(frozen=True)
+class HeldOutText:
+    """Where evaluation text comes from and how much of the corpus start to skip."""
+
+    model: str
+    corpus: str
+    text_field: str
+    context_length: int
+    skip_sequences: int
+    skip_reason: str
+
+
+# ---------------------------------------------------------------------------------------- run directory
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    """`<run>/final/`, else the newest `<run>/checkpoints/step_*/sae` (with a warning)."""
+    final = run_dir / "final"
+    if (final / "cfg.json").is_file():
+        return final
+    steps = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / "sae" / "cfg.json").is_file())
+    if not steps:
+        raise RunDirError(
+            f"{run_dir} has no SAE checkpoint: expected {final}/ (written when `saekit train` finishes) or "
+            f"{run_dir}/checkpoints/step_*/sae/; train one with `saekit train CONFIG.yaml run_dir={run_dir}`"
+        )
+    logger.warning("%s has no final/ checkpoint (training unfinished?); evaluating %s", run_dir, steps[-1])
+    return steps[-1] / "sae"
+
+
+def load_train_config(run_dir: Path) -> TrainConfig:
+    if not run_dir.is_dir():
+        raise RunDirError(
+            f"run directory {run_dir} does not exist; create it with `saekit train CONFIG.yaml "
+            f"run_dir={run_dir}` or pass the directory a training run wrote"
+        )
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunDirError(
+            f"{run_dir} is not a run directory (no config.yaml); `saekit train` writes one — pass the "
+            "run_dir of a training run"
+        )
+    return load_saved_config(TrainConfig, path)
+
+
+# ---------------------------------------------------------------------------------------- cached rows
+
+
+def iter_last_rows(cache: Any, max_rows: int) -> Iterator[Float[Tensor, "chunk d_in"]]:
+    """fp32 chunks (in cache order) covering the last `max_rows` rows, one shard in memory at a time."""
+    sizes = [int(s) for s in cache.shard_sizes]
+    start = max(0, sum(sizes) - max_rows)
+    offset = 0
+    for index, size in enumerate(sizes):
+        if offset + size > start:
+            acts = cache.load_shard(index)["acts"]
+            for lo in range(max(0, start - offset), size, ROW_CHUNK):
+                yield acts[lo : lo + ROW_CHUNK].float()
+        offset += size
+
+
+def cached_row_metrics(cache: Any, sae: Any, max_rows: int, dense_threshold: float) -> ReconstructionStats:
+    """Reconstruction + sparsity over the last `max_rows` rows of the cache (rows seen in training)."""
+    stats = ReconstructionStats(sae.d_sae, dense_threshold)
+    device = next(iter(sae.parameters())).device
+    for x in iter_last_rows(cache, max_rows):
+        with torch.no_grad():
+            x_hat, code = reconstruct_with_code(sae, x.to(device))
+        stats.update(x, x_hat, code)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------- held-out text
+
+
+def plan_heldout(train_cfg: TrainConfig, manifest: dict[str, Any] | None, cfg: EvalConfig) -> HeldOutText:
+    """Model, corpus and skip count for held-out text: cfg overrides, else what training used."""
+    if manifest is not None:
+        # collect_config holds the names `load_model` / `iter_texts` were given; model_id is a fallback
+        collected = manifest.get("collect_config") or {}
+        model = collected.get("model") or manifest.get("model_id")
+        corpus = collected.get("corpus") or manifest.get("corpus")
+        ctx = manifest.get("context_length") or collected.get("context_length")
+        text_field = collected.get("text_field") or manifest.get("text_field") or "text"
+        consumed, reason = None, ""  # read below, only when the eval text comes from the same corpus
+    elif train_cfg.live is not None:
+        live = train_cfg.live
+        model, corpus, ctx, text_field = live.model, live.corpus, live.context_length, live.text_field
+        # live runs record no final read position. Upper-bound it: training rows plus the stream's shuffle
+        # buffer (8 batches by default), at the fewest rows a sequence can give (BOS and, with gradients,
+        # the last position dropped), plus one forward batch of sequences
+        rows = train_cfg.total_tokens + 9 * train_cfg.batch_size
+        consumed = live.skip_sequences + math.ceil(rows / max(ctx - 2, 1)) + live.batch_size
+        reason = "estimated from live training settings (total_tokens, context_length)"
+        logger.warning(
+            "live-trained run: skipping an estimated %d sequences of %s for held-out text", consumed, corpus
+        )
+    else:
+        raise RunDirError(
+            "the run's config has neither cache_dir nor live; cannot tell what it was trained on"
+        )
+    if cfg.corpus is not None and cfg.corpus != corpus:
+        skip, why = 0, "eval corpus differs from the training corpus"
+    elif consumed is None:
+        skip, why = _sequences_used(manifest)
+    else:
+        skip, why = consumed, reason
+    chosen_corpus = cfg.corpus or corpus
+    if chosen_corpus is None or (cfg.model or model) is None:
+        raise CorpusError("the cache manifest records no corpus/model; pass corpus=... and model=... to eval")
+    return HeldOutText(
+        model=cfg.model or model,
+        corpus=chosen_corpus,
+        text_field=text_field,
+        context_length=int(cfg.context_length or ctx),
+        skip_sequences=skip,
+        skip_reason=why,
+    )
+
+
+def _sequences_used(manifest: dict[str, Any]) -> tuple[int, str]:
+    """Absolute index of the first corpus sequence collection did not read (its skip included)."""
+    if manifest.get("next_sequence") is not None:
+        return int(manifest["next_sequence"]), "next_sequence recorded in the cache manifest"
+    if manifest.get("sequences_consumed") is not None:
+        skipped = int(manifest.get("skip_sequences") or 0)
+        return skipped + int(manifest["sequences_consumed"]), "sequences_consumed in the cache manifest"
+    raise RunDirError(
+        "the cache manifest does not record how many corpus sequences collection read, so held-out text "
+        "cannot be chosen safely; pass corpus=OTHER_CORPUS to eval (text never used for training)"
+    )
+
+
+def heldout_tokens(model: Any, plan: HeldOutText, num_sequences: int) -> Int[Tensor, "n seq"]:
+    """`num_sequences` chunks of held-out text (BOS-first), after skipping the training sequences."""
+    from saekit.data import chunk_tokens, iter_texts
+    from saekit.models import bos_token_id, tokenizer_of
+
+    chunks = chunk_tokens(
+        iter_texts(plan.corpus, plan.text_field),
+        tokenizer_of(model),
+        plan.context_length,
+        bos_id=bos_token_id(model),
+        max_sequences=num_sequences,
+        skip_sequences=plan.skip_sequences,
+    )
+    try:
+        seqs = list(chunks)
+    except CorpusError as err:
+        raise CorpusError(
+            f"no held-out text in {plan.corpus} after skipping the {plan.skip_sequences} sequences used for "
+            f"training ({err}); pass corpus=OTHER_CORPUS to eval, or collect fewer tokens"
+        ) from None
+    if len(seqs) < num_sequences:
+        logger.warning(
+            "only %d of %d held-out sequences available in %s", len(seqs), num_sequences, plan.corpus
+        )
+    return torch.stack(seqs)
+
+
+@torch.no_grad()
+def mean_activation(model: Any, tokens: Tensor, hookpoint: str, batch_size: int) -> Tensor:
+    """Mean raw activation over non-special positions (used when there is no cache to take it from)."""
+    from saekit.models import capture, special_token_mask
+
+    total, count = None, 0
+    for lo in range(0, tokens.shape[0], batch_size):
+        batch = tokens[lo : lo + batch_size]
+        acts = capture(model, batch, [hookpoint]).acts[hookpoint]
+        keep = ~special_token_mask(batch, model).to(acts.device)
+        rows = acts[keep].double().sum(0)
+        total = rows if total is None else total + rows
+        count += int(keep.sum())
+    return (total / max(count, 1)).float()
+
+
+# ---------------------------------------------------------------------------------------- entry point
+
+
+def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: Any = None) -> dict[str, Any]:
+    """Evaluate the SAE of a run directory; writes `<run>/eval.json` atomically and returns its content."""
+    from saekit.sae import Sae
+
+    run_dir = Path(run_dir)
+    train_cfg = load_train_config(run_dir)
+    checkpoint = find_checkpoint(run_dir)
+    sae = Sae.load(checkpoint, device=cfg.device).eval()
+    logger.info(
+        "evaluating %s (%s, d_sae=%d) at %s", checkpoint, sae.cfg.activation, sae.d_sae, sae.hookpoint
+    )
+
+    cache = _open_training_cache(train_cfg)
+    cached = None
+    if cache is not None:
+        cached = cached_row_metrics(cache, sae, cfg.max_eval_rows, cfg.dense_threshold)
+    plan = plan_heldout(train_cfg, cache.manifest if cache is not None else None, cfg)
+    if model is None:
+        from saekit.models import load_model
+
+        model = load_model(plan.model, device=cfg.device)
+    _warn_if_other_model(model, sae)
+    tokens = heldout_tokens(model, plan, cfg.num_sequences)
+    mean_act, mean_source = _ablation_mean(cache, cached)
+    if mean_act is None:
+        mean_act = mean_activation(model, tokens, sae.hookpoint, cfg.batch_size)
+    heldout = ReconstructionStats(sae.d_sae, cfg.dense_threshold)
+    losses = spliced_losses(model, sae, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
+
+    result = _assemble(run_dir, checkpoint, sae, cfg, plan, cached, heldout, losses, mean_source)
+    atomic_write_json(run_dir / "eval.json", result)
+    logger.info("wrote %s", run_dir / "eval.json")
+    return result
+
+
+def _warn_if_other_model(model: Any, sae: Any) -> None:
+    """Splicing into a model the SAE was not trained on gives meaningless numbers; say so loudly."""
+    from saekit import models
+
+    name = models.model_id(model) if hasattr(models, "model_id") else None
+    if name and sae.model_id and name != sae.model_id:
+        logger.warning(
+            "the SAE was trained on %r activations but evaluation uses model %r", sae.model_id, name
+        )
+
+
+def _ablation_mean(cache: Any, cached: ReconstructionStats | None) -> tuple[Tensor | None, str]:
+    """The dataset mean of the raw activation: the whole cache's (fp64 at write time) when recorded."""
+    stats = (cache.manifest.get("norm_stats") or {}) if cache is not None else {}
+    if stats.get("mean") is not None:
+        return torch.tensor(stats["mean"], dtype=torch.float32), "training cache (all rows, manifest)"
+    if cached is not None and cached.rows:
+        return cached.mean().float(), "evaluated cache rows"
+    return None, "held-out text"
+
+
+def _open_training_cache(train_cfg: TrainConfig) -> Any:
+    if train_cfg.cache_dir is None:
+        return None
+    from saekit.activations import open_cache
+
+    return open_cache(train_cfg.cache_dir, train_cfg.hookpoint)
+
+
+def _assemble(
+    run_dir: Path,
+    checkpoint: Path,
+    sae: Any,
+    cfg: EvalConfig,
+    plan: HeldOutText,
+    cached: ReconstructionStats | None,
+    heldout: ReconstructionStats,
+    losses: dict[str, Any],
+    mean_source: str,
+) -> dict[str, Any]:
+    return {
+        "format_version": EVAL_FORMAT_VERSION,
+        "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint),
+        "sae": {
+            "activation": sae.cfg.activation,
+            "k": sae.cfg.k,
+            "d_in": sae.d_in,
+            "d_sae": sae.d_sae,
+            "hookpoint": sae.hookpoint,
+            "model_id": sae.model_id,
+            "act_scale": float(sae.act_scale),
+        },
+        "settings": {
+            "eval_config": to_dict(cfg),
+            "excluded_positions": EXCLUDED_POSITIONS,
+            "special_positions_spliced": False,
+            "ablations": list(ABLATIONS),
+            "mean_ablation_source": mean_source,
+            "dense_threshold": cfg.dense_threshold,
+            "dead_definition": "no firing (value > 0) over the evaluated tokens",
+            "reconstruction_space": "raw (unscaled) hook activations",
+            "cached_rows_note": "last rows of the training cache; also seen in training, so they measure fit",
+            "heldout": {
+                "model": plan.model,
+                "corpus": plan.corpus,
+                "context_length": plan.context_length,
+                "skipped_sequences": plan.skip_sequences,
+                "skip_reason": plan.skip_reason,
+            },
+            "tokens": {
+                "cached_rows": cached.rows if cached is not None else 0,
+                "heldout_sequences": losses["sequences"],
+                "heldout_scored_positions": losses["positions"],
+                "heldout_reconstruction_rows": heldout.rows,
+            },
+        },
+        "cached": cached.compute() if cached is not None else None,
+        "heldout": heldout.compute(),
+        "splice": losses,
+    }
+
+
+# ---------------------------------------------------------------------------------------- table
+
+
+def _fmt(value: Any, pattern: str = "{:.4f}") -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def format_eval_table(result: dict[str, Any]) -> str:
+    """A compact, aligned, human-readable summary of an eval.json dict (for the CLI and demo)."""
+    rows: list[tuple[str, str, str]] = []
+    cached, heldout = result.get("cached") or {}, result.get("heldout") or {}
+
+    def both(label: str, key: str, pattern: str = "{:.4f}", scale: float = 1.0) -> None:
+        pick = lambda d: None if d.get(key) is None else d[key] * scale
+        rows.append((label, _fmt(pick(cached), pattern), _fmt(pick(heldout), pattern)))
+
+    both("FVU", "fvu")
+    both("1 - FVU", "explained_variance")
+    both("L0", "l0_mean", "{:.2f}")
+    both("dead latents %", "dead_fraction", "{:.2f}", 100.0)
+    both("dense latents %", "dense_fraction", "{:.2f}", 100.0)
+    splice = result.get("splice") or {}
+    ce, rec, kl = splice.get("ce_loss", {}), splice.get("ce_recovered", {}), splice.get("kl", {})
+    for label, key in (
+        ("clean", "clean"),
+        ("SAE", "sae"),
+        ("zero-abl", "zero_ablation"),
+        ("mean-abl", "mean_ablation"),
+    ):
+        rows.append((f"CE {label}", "", _fmt(ce.get(key))))
+    rows.append(("CE recovered (zero)", "", _fmt(rec.get("zero_ablation"))))
+    rows.append(("CE recovered (mean)", "", _fmt(rec.get("mean_ablation"))))
+    rows.append(("KL(clean || SAE)", "", _fmt(kl.get("sae"))))
+    tokens = (result.get("settings") or {}).get("tokens", {})
+    header = (
+        "metric",
+        f"cached ({tokens.get('cached_rows', 0)} rows)",
+        f"held-out ({tokens.get('heldout_scored_positions', 0)} tok)",
+    )
+    width = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    line = lambda r: f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}"
+    sep = "-" * (sum(width) + 4)
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])

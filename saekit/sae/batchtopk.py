@@ -1,0 +1,189 @@
+"""BatchTopK and Mutual Choice: keep the B·k largest pre-activations of the whole batch (algorithms.md §2, §4).
+
+One implementation under two names — Bussmann et al.'s BatchTopK and Ayonrinde's Mutual Choice are the same
+rule (top B·k of the flattened B×n matrix, ReLU after selection), so every token gets a variable number of
+latents while the batch average is exactly k. Training mode also learns the inference threshold θ, an EMA
+(rate cfg.threshold_ema) of the smallest positive selected value, stored as the same value in every entry of
+`sae.threshold`. Inference (`training=False`) is the per-token threshold rule z = h·1[h > θ], so a token's
+code never depends on its batch-mates (style.md §9).
+
+    sae = Sae(d_in, SaeConfig(activation="batchtopk", k=32))      # or activation="mutual_choice"
+    code = sae.encode(x, training=True)      # batch-level top-(B·k); updates sae.threshold
+    code = sae.encode(x, training=False)     # threshold mode, one token at a time if you like
+
+Choices made here (documented, not from a paper):
+- θ starts at 0 and the first training batch sets θ to its observed minimum (dictionary_learning's
+  choice) instead of decaying up from 0 (Bussmann), so threshold mode is usable after one step.
+- The EMA arithmetic is fp64 (SAELens keeps θ in float64); the result is stored in the fp32 `threshold`
+  buffer the checkpoint format already carries, so save/load and resume reproduce it exactly.
+- Until θ has been learned (all thresholds 0), inference falls back to per-row TopK(k): the closest
+  batch-independent rule with the same average L0. A 0 threshold would instead keep every positive latent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from saekit.config import SaeConfig
+from saekit.errors import ConfigError
+from saekit.sae.activations import Activation, Selection, register_activation
+from saekit.types import Batch
+
+if TYPE_CHECKING:
+    from saekit.sae.model import Sae
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES_PER_ROW = 2
+"""Stage 1 of the batch top-(B·k) keeps CANDIDATES_PER_ROW·k entries per row. Measured at B=4096,
+d_sae=16384, k=32 on 2 CPU cores: one top-k over all 67M entries 1.11 s, per-row top-2k 0.18-0.27 s (an
+encoder GEMM was 1.9 s). Rows that hold more than 2k winners are repaired exactly (see `batch_top_entries`)."""
+
+
+# ------------------------------------------------------------------------------------- selection rules
+
+
+@torch.no_grad()
+def batch_top_entries(
+    h: Float[Tensor, "batch d_sae"], total: int
+) -> tuple[Int[Tensor, " total"], Int[Tensor, " total"], Float[Tensor, " total"]]:
+    """(rows, latents, values) of the `total` largest entries of h, in no particular order.
+
+    Exact, but cheaper than `torch.topk(h.flatten(), total)`: each row first keeps its top c candidates,
+    and the global top-`total` is taken among those. Let t be the smallest selected candidate. A row whose
+    smallest candidate is > t may hide more winners, so all of its entries ≥ t join the pool before the
+    final selection. t is a lower bound of the true `total`-th value, so nothing that belongs in the top
+    can be missing from the pool (ties aside, which any top-k breaks arbitrarily).
+    """
+    batch, d_sae = h.shape
+    total = min(total, batch * d_sae)
+    per_row = min(d_sae, CANDIDATES_PER_ROW * math.ceil(total / max(batch, 1)))
+    if per_row >= d_sae or total == 0:
+        values, flat = torch.topk(h.reshape(-1), total, sorted=False)
+        return flat // d_sae, flat % d_sae, values
+    cand_vals, cand_cols = torch.topk(h, per_row, dim=1, sorted=False)
+    values, pick = torch.topk(cand_vals.reshape(-1), total, sorted=False)
+    floor = values.min()
+    saturated = cand_vals.min(dim=1).values > floor
+    if not bool(saturated.any()):
+        return pick // per_row, cand_cols.reshape(-1)[pick], values
+    return _repair_saturated_rows(h, cand_vals, cand_cols, saturated, floor, total)
+
+
+def _repair_saturated_rows(
+    h: Float[Tensor, "batch d_sae"],
+    cand_vals: Float[Tensor, "batch c"],
+    cand_cols: Int[Tensor, "batch c"],
+    saturated: Bool[Tensor, " batch"],
+    floor: Float[Tensor, ""],
+    total: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pool = candidates of unsaturated rows ∪ every entry ≥ floor of saturated rows; top-`total` of it."""
+    per_row = cand_vals.shape[1]
+    keep_rows = torch.nonzero(~saturated).squeeze(1)
+    pool_rows = [keep_rows.repeat_interleave(per_row)]
+    pool_cols = [cand_cols[keep_rows].reshape(-1)]
+    pool_vals = [cand_vals[keep_rows].reshape(-1)]
+    sat_rows = torch.nonzero(saturated).squeeze(1)
+    sub = h.index_select(0, sat_rows)
+    local, cols = torch.nonzero(sub >= floor, as_tuple=True)
+    pool_rows.append(sat_rows[local])
+    pool_cols.append(cols)
+    pool_vals.append(sub[local, cols])
+    logger.debug("batch top-k: %d rows held more than %d winners; pooled their entries", len(sat_rows), per_row)
+    rows, cols, vals = torch.cat(pool_rows), torch.cat(pool_cols), torch.cat(pool_vals)
+    values, pick = torch.topk(vals, total, sorted=False)
+    return rows[pick], cols[pick], values
+
+
+@torch.no_grad()
+def threshold_selection(
+    h: Float[Tensor, "batch d_sae"], threshold: Float[Tensor, " d_sae"]
+) -> Selection:
+    """Per-token JumpReLU-style rule: entries with h > threshold (per latent), grouped by row."""
+    rows, cols = torch.nonzero(h > threshold, as_tuple=True)  # row-major order: already grouped by row
+    offsets = torch.zeros(h.shape[0] + 1, dtype=torch.long, device=h.device)
+    offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=h.shape[0]), 0)
+    return Selection(cols, h[rows, cols], offsets, rows)
+
+
+@torch.no_grad()
+def ema_update_(buffer: Float[Tensor, " d_sae"], observed: Float[Tensor, " d_sae"], rate: float) -> None:
+    """buffer ← (1 − rate)·buffer + rate·observed in fp64, stored back in buffer's dtype.
+
+    While the buffer is still all zeros (never learned) it takes `observed` directly. Non-finite
+    observations (nothing to observe this batch) leave their entries unchanged. No host sync.
+    """
+    old = buffer.to(torch.float64)
+    obs = observed.to(torch.float64)
+    learned = (old != 0).any()
+    new = torch.where(learned, (1.0 - rate) * old + rate * obs, obs)
+    buffer.copy_(torch.where(torch.isfinite(obs), new, old))
+
+
+def threshold_is_learned(sae: Sae) -> bool:
+    return sae.threshold is not None and bool((sae.threshold != 0).any())
+
+
+class ThresholdInference(Activation):
+    """Shared inference side of the batch-coupled activations: threshold mode, or per-row TopK(k) until a
+    threshold has been learned (with one warning per activation object)."""
+
+    uses_threshold = True
+
+    def __init__(self, cfg: SaeConfig) -> None:
+        super().__init__(cfg)
+        self.k = cfg.k
+        self._warned = False
+
+    def inference_select(self, h: Float[Tensor, "batch d_sae"], sae: Sae) -> Selection:
+        if threshold_is_learned(sae):
+            return threshold_selection(h, sae.threshold.to(h.dtype))
+        if not self._warned:
+            logger.warning(
+                "%s: the inference threshold has not been learned yet (no training step); using per-row "
+                "TopK(k=%d) instead, which is batch-independent but not the trained rule",
+                self.name,
+                self.k,
+            )
+            self._warned = True
+        values, indices = torch.topk(h, self.k, dim=1, sorted=False)
+        return Selection.from_topk(values, indices)
+
+    def params(self) -> dict[str, Any]:
+        return {"k": self.k, "threshold_ema": self.cfg.threshold_ema}
+
+
+@register_activation("batchtopk")
+class BatchTopK(ThresholdInference):
+    """Training: top B·k entries of the flattened batch (ReLU after), and θ ← EMA of the smallest positive
+    selected value. Inference: z = h·1[h > θ] with the learned θ (same for every latent)."""
+
+    def __init__(self, cfg: SaeConfig) -> None:
+        super().__init__(cfg)
+        if not 0 < cfg.threshold_ema <= 1:
+            raise ConfigError(f"sae.threshold_ema must be in (0, 1], got {cfg.threshold_ema}")
+
+    def select(
+        self, h: Float[Tensor, "batch d_sae"], *, sae: Sae, batch: Batch | None, training: bool
+    ) -> Selection:
+        if not training:
+            return self.inference_select(h, sae)
+        n_rows = h.shape[0]
+        rows, latents, values = batch_top_entries(h, n_rows * self.k)
+        # Smallest positive selected value (Bussmann et al. §2.4); +inf when nothing positive was selected,
+        # which ema_update_ ignores.
+        smallest = torch.where(values > 0, values, torch.full_like(values, math.inf)).min()
+        ema_update_(sae.threshold, smallest.expand_as(sae.threshold), self.cfg.threshold_ema)
+        return Selection.from_entries(rows, latents, values, n_rows)
+
+
+@register_activation("mutual_choice")
+class MutualChoice(BatchTopK):
+    """Mutual Choice (Ayonrinde 2024): the same selection as BatchTopK (algorithms.md §4.2), own name."""

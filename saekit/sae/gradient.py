@@ -1,0 +1,159 @@
+"""Gradient SAE (g-SAE, Olmo et al. 2025; algorithms.md §5): TopK whose *selection* weighs each latent by
+how strongly the LM loss reacts along its decoder direction.
+
+With g = ∂L/∂x (the batch's `grads`, in the SAE's normalised space: the trainer divides raw gradients by
+`act_scale`), the score is s = h ⊙ (1 + β·|g W_decᵀ|); the k best scores pick the latents, and the code
+keeps ReLU(h) there (not the score), so decoding, the sparse encoder gradient and AuxK are exactly TopK's.
+Modes: training always scores with g (a batch without g is an error); at inference `select_mode` "grad"
+uses g when the batch has it and "plain" is ordinary TopK; β = 0 is TopK everywhere and skips the extra
+GEMM. `WithGradients` feeds precomputed gradients to an SAE's encode calls, for evaluation in grad mode.
+
+    sae = Sae(d_in, SaeConfig(activation="gsae", k=32, grad_beta=1.0))
+    code = sae.encode(x, Batch(x, grads=g), training=False)       # grad-mode selection
+    code = sae.encode(x, training=False)                           # plain TopK (no labels needed)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from saekit.config import SaeConfig
+from saekit.errors import ConfigError, DataError
+from saekit.sae.activations import Activation, Selection, register_activation
+from saekit.types import Batch, SparseCode
+
+if TYPE_CHECKING:
+    from saekit.sae.model import Sae
+
+logger = logging.getLogger(__name__)
+
+SELECT_MODES = ("grad", "plain")
+
+
+@torch.no_grad()
+def gradient_scores(
+    h: Float[Tensor, "batch d_sae"],
+    grads: Float[Tensor, "batch d_in"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    beta: float,
+) -> Float[Tensor, "batch d_sae"]:
+    """s = h ⊙ (1 + β·|g W_decᵀ|), built in one [B, d_sae] buffer (the GEMM output, updated in place).
+
+    |⟨g, d_i⟩| is the first-order change of the loss along latent i's unit direction, so h_i·|⟨g, d_i⟩|
+    is its attribution-patching estimate (algorithms.md §5.2). The GEMM is as large as the encoder's: it
+    is the whole extra cost of g-SAE over TopK.
+    """
+    score = torch.mm(grads.to(W_dec.dtype), W_dec.t())
+    return score.abs_().mul_(beta).add_(1.0).mul_(h)
+
+
+@register_activation("gsae")
+class GradientTopK(Activation):
+    """TopK on the gradient-weighted score; values are ReLU(h) at the chosen latents (algorithms.md §5)."""
+
+    selection_modes: ClassVar[tuple[str, ...]] = SELECT_MODES
+    """Inference selection modes; evaluation reports one set of metrics per mode."""
+
+    def __init__(self, cfg: SaeConfig) -> None:
+        super().__init__(cfg)
+        self.k = cfg.k
+        self.beta = float(cfg.grad_beta)
+        self.select_mode = cfg.grad_select
+        """Inference mode ("grad" | "plain"); a public attribute so eval can switch it per run."""
+
+    def select(
+        self, h: Float[Tensor, "batch d_sae"], *, sae: Sae, batch: Batch | None, training: bool
+    ) -> Selection:
+        if self.k > h.shape[1]:
+            raise ConfigError(f"sae.k={self.k} exceeds d_sae={h.shape[1]}; lower k or widen the SAE")
+        if self.select_mode not in SELECT_MODES:
+            raise ConfigError(f"g-SAE select_mode must be one of {SELECT_MODES}, got {self.select_mode!r}")
+        grads = batch.grads if batch is not None else None
+        use_grads = self.beta != 0.0 and (training or self.select_mode == "grad")
+        if use_grads and grads is None:
+            if training:
+                raise DataError(
+                    "g-SAE training needs dL/dx for every row but the batch has no gradients; collect the "
+                    "cache with capture_grads=true (or set sae.grad_beta=0 for plain TopK)"
+                )
+            use_grads = False  # inference without labels: plain TopK (algorithms.md §5.5)
+        if not use_grads:
+            values, indices = torch.topk(h, self.k, dim=1, sorted=False)
+            return Selection.from_topk(values, indices)
+        if grads.shape != (h.shape[0], sae.d_in):
+            raise DataError(f"batch.grads has shape {tuple(grads.shape)}, expected {(h.shape[0], sae.d_in)}")
+        score = gradient_scores(h, grads, sae.W_dec, self.beta)
+        indices = torch.topk(score, self.k, dim=1, sorted=False).indices
+        del score
+        # The code keeps h (ReLU'd later), not the score: the score only decides which latents survive.
+        return Selection.from_topk(h.gather(1, indices), indices)
+
+    def params(self) -> dict[str, Any]:
+        return {"k": self.k, "grad_beta": self.beta, "grad_select": self.select_mode}
+
+
+class WithGradients:
+    """An SAE whose successive encode calls consume successive (acts, grads) chunks, in raw units.
+
+    Evaluation code calls `encode`/`reconstruct` with raw-activation chunks in a known order (cached rows,
+    or one spliced forward per token batch); this wrapper hands the matching raw gradients to the g-SAE
+    selection, in "grad" mode, and checks that each chunk's rows are the activations the gradients belong
+    to, so a misaligned feed fails loudly instead of scoring with someone else's gradient. Every other
+    attribute is the wrapped SAE's.
+
+        fed = WithGradients(sae, zip(act_chunks, grad_chunks))
+        x_hat = fed.reconstruct(act_chunks[0])       # selection used grad_chunks[0]
+    """
+
+    def __init__(self, sae: Sae, chunks: Iterable[tuple[Tensor, Tensor]], *, atol: float = 1e-4) -> None:
+        self.sae = sae
+        self._chunks: Iterator[tuple[Tensor, Tensor]] = iter(chunks)
+        self.atol = atol
+        self.consumed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sae, name)
+
+    def _next_grads(self, x_raw: Tensor) -> Tensor:
+        try:
+            acts, grads = next(self._chunks)
+        except StopIteration:
+            raise DataError(
+                "WithGradients ran out of gradient chunks; feed one chunk per encode call"
+            ) from None
+        acts, grads = acts.to(x_raw.device, torch.float32), grads.to(x_raw.device, torch.float32)
+        if acts.shape != x_raw.shape or grads.shape != x_raw.shape:
+            raise DataError(f"gradient chunk {tuple(grads.shape)} does not match rows {tuple(x_raw.shape)}")
+        scale = acts.abs().amax().clamp_min(1.0)
+        if not torch.allclose(x_raw.float(), acts, rtol=1e-4, atol=self.atol * float(scale)):
+            raise DataError(
+                "activations and gradients are misaligned: the rows being encoded are not the "
+                "ones the gradients were captured for"
+            )
+        self.consumed += x_raw.shape[0]
+        return grads
+
+    def encode(self, x: Tensor, batch: Batch | None = None, *, training: bool | None = None) -> SparseCode:
+        """Encode normalised `x` (as Sae.encode) with the next chunk's gradients, in grad mode."""
+        raw = x / self.sae.act_scale if self.sae.act_scale != 1.0 else x
+        grads = self._next_grads(raw) / self.sae.act_scale  # dL/d(c·x) = (dL/dx) / c
+        activation = self.sae.activation
+        previous = getattr(activation, "select_mode", None)
+        activation.select_mode = "grad"
+        try:
+            return self.sae.encode(x, Batch(x, grads=grads), training=False if training is None else training)
+        finally:
+            activation.select_mode = previous
+
+    def reconstruct(self, x_raw: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
+        """As Sae.reconstruct, with grad-mode selection."""
+        x_hat = self.sae.decode(self.encode(self.sae.scale_input(x_raw)))
+        if self.sae.act_scale != 1.0:
+            x_hat = x_hat / self.sae.act_scale
+        return x_hat.to(x_raw.dtype)

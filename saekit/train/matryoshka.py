@@ -1,0 +1,349 @@
+"""Matryoshka objective (algorithms.md §3.1-3.2): nested dictionary prefixes that must each reconstruct alone.
+
+Reconstruction g may use only latents [0, m_g). All prefixes come from ONE encoder pass and ONE sparse
+decode: every selected entry is put in a bag (row, block), where block g holds the latents [m_{g−1}, m_g);
+`sparse_decode` sums each bag, and a cumulative sum over the blocks gives every prefix reconstruction.
+Works with any per-token or batch-coupled activation (BatchTopK is the usual choice).
+
+Loss: L = Σ_g w_g·L_g + α·L_aux with L_g = (1/B)·Σ_b ||x_b − x̂_g,b||² / E||x − x̄||², i.e. the per-token
+squared-error sum averaged over the batch, divided by the fixed per-token total variance d/mse_scale of
+the training sample. So L_g is prefix g's FVU against a fixed denominator — the same units as the TopK
+main term, which keeps α = 1/32 meaningful. AuxK models the residual of the full-width reconstruction.
+
+`prefix_mode: fixed` uses cfg.prefixes (default [n/16, n/8, n/4, n/2, n]) with weights cfg.prefix_weights
+(default 1/G). `prefix_mode: sampled` (Nabeshima) draws new cut points every step and, in `post_step`,
+re-sorts latents by an EMA of their importance — permuting weights, threshold, Adam moments and the
+dead-latent counters together so the model and the next optimiser step are unchanged by the re-sort.
+
+    objective = get_objective("matryoshka")           # cfg.prefix_mode picks fixed or sampled
+    out = objective(sae, batch, dead_mask=tracker.dead_mask(), mse_scale=s)
+    x_hats = prefix_reconstructions(sae.encode(x), sae.W_dec, sae.b_dec, [64, 256, 1024])   # [B, 3, d]
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from saekit.config import SaeConfig
+from saekit.errors import ConfigError
+from saekit.kernels import sparse_decode
+from saekit.sae.model import Sae
+from saekit.train.objectives import StepOutput, auxk_loss, fired_latents, register_objective
+from saekit.types import Batch, SparseCode
+
+logger = logging.getLogger(__name__)
+
+IMPORTANCE_EMA = 0.05
+"""Weight of the newest batch in the latent-importance EMA used for re-sorting (Nabeshima: 0.95/0.05)."""
+SAMPLED_PARETO_POWER = 0.5
+"""Sampled cut points: P(cut ≤ ℓ) grows like ℓ^0.5, so short prefixes are drawn most often (Nabeshima)."""
+
+
+# ---------------------------------------------------------------------------------------- prefixes
+
+
+def resolve_prefixes(cfg: SaeConfig, d_sae: int) -> list[int]:
+    """Fixed prefix widths: cfg.prefixes, else [n/16, n/8, n/4, n/2, n] (widths < 1 and repeats dropped).
+
+    A list that stops short of d_sae gets d_sae appended (SAELens does the same) so the full dictionary
+    is always trained; anything not strictly increasing or wider than d_sae is a ConfigError.
+    """
+    if cfg.prefixes is None:
+        widths = sorted({d_sae // div for div in (16, 8, 4, 2)} - {0}) + [d_sae]
+        return [w for w in widths if w < d_sae] + [d_sae]
+    widths = [int(w) for w in cfg.prefixes]
+    if any(w <= 0 for w in widths) or any(b <= a for a, b in zip(widths, widths[1:], strict=False)):
+        raise ConfigError(f"sae.prefixes must be strictly increasing positive widths, got {list(widths)}")
+    if widths[-1] > d_sae:
+        raise ConfigError(f"sae.prefixes: width {widths[-1]} exceeds d_sae={d_sae}; end the list at {d_sae}")
+    return widths if widths[-1] == d_sae else [*widths, d_sae]
+
+
+def resolve_prefix_weights(cfg: SaeConfig, n_prefixes: int) -> list[float]:
+    """cfg.prefix_weights (one per prefix, used as given), else 1/G each."""
+    if cfg.prefix_weights is None:
+        return [1.0 / n_prefixes] * n_prefixes
+    weights = [float(w) for w in cfg.prefix_weights]
+    if len(weights) != n_prefixes or any(w < 0 for w in weights):
+        raise ConfigError(
+            f"sae.prefix_weights needs {n_prefixes} non-negative weights (one per prefix width, d_sae "
+            f"included), got {weights}"
+        )
+    return weights
+
+
+def sample_prefixes(
+    d_sae: int, n_prefixes: int, min_length: int = 1, generator: torch.Generator | None = None
+) -> list[int]:
+    """Nabeshima-style random widths: n_prefixes − 1 distinct cuts in [min_length, d_sae − 1], plus d_sae.
+
+    Cut ℓ is drawn with pmf(ℓ) = F(ℓ) − F(ℓ − 1), F(ℓ) = ((ℓ − min_length + 1) / (d_sae − min_length))^0.5,
+    which decreases in ℓ (short prefixes favoured). Distinct cuts come from multinomial sampling without
+    replacement; their number is capped by how many widths exist. Returned sorted, last = d_sae.
+    """
+    min_length = max(1, int(min_length))
+    if min_length > d_sae:
+        raise ConfigError(f"sae.min_prefix_length={min_length} exceeds d_sae={d_sae}; lower it")
+    span = d_sae - min_length  # candidate cuts: min_length .. d_sae − 1
+    n_cuts = min(max(n_prefixes - 1, 0), span)
+    if n_cuts == 0:
+        return [d_sae]
+    steps = torch.arange(0, span + 1, dtype=torch.float64) / span
+    pmf = steps.pow(SAMPLED_PARETO_POWER).diff()
+    picks = torch.multinomial(pmf.float(), n_cuts, replacement=False, generator=generator)
+    cuts = sorted((picks + min_length).tolist())
+    return [*cuts, d_sae]
+
+
+# ---------------------------------------------------------------------------------------- decoding
+
+
+def cumulative_block_decode(
+    indices: Int[Tensor, " nnz"],
+    values: Float[Tensor, " nnz"],
+    rows: Int[Tensor, " nnz"],
+    blocks: Int[Tensor, " nnz"],
+    n_blocks: int,
+    batch: int,
+    W_dec: Float[Tensor, "d_sae d_in"],
+    b_dec: Float[Tensor, " d_in"],
+    *,
+    keys_sorted: bool = False,
+) -> Float[Tensor, "batch n_blocks d_in"]:
+    """out[b, g] = b_dec + Σ over entries of row b with block ≤ g of values·W_dec[indices], in one decode.
+
+    Entries are regrouped into B·G bags keyed (row, block); one `sparse_decode` sums every bag (the same
+    nnz·d work and one dense W_dec gradient as a plain decode), then a cumsum over blocks nests them.
+    Gradients are exact zeros for entries of blocks > g in out[:, g] (nothing is masked numerically).
+    `keys_sorted` skips the regrouping when entries are already ordered by (row, block).
+    """
+    key = rows * n_blocks + blocks
+    offsets = torch.zeros(batch * n_blocks + 1, dtype=torch.long, device=indices.device)
+    offsets[1:] = torch.cumsum(torch.bincount(key, minlength=batch * n_blocks), 0)
+    if not keys_sorted:
+        order = torch.argsort(key, stable=True)
+        indices, values = indices[order], values[order]
+    sums = sparse_decode(indices, values, offsets, W_dec, None)
+    return sums.view(batch, n_blocks, -1).cumsum(1) + b_dec.to(sums.dtype)
+
+
+def prefix_blocks(indices: Int[Tensor, " nnz"], prefixes: list[int]) -> Int[Tensor, " nnz"]:
+    """Block id g of each latent: the first prefix with indices < m_g."""
+    bounds = torch.tensor(prefixes[:-1], dtype=indices.dtype, device=indices.device)
+    return torch.bucketize(indices, bounds, right=True)
+
+
+def prefix_reconstructions(
+    code: SparseCode, W_dec: Float[Tensor, "d_sae d_in"], b_dec: Float[Tensor, " d_in"], prefixes: list[int]
+) -> Float[Tensor, "batch n_prefixes d_in"]:
+    """x̂_g = b_dec + Σ_{i < m_g} z_i W_dec[i] for every prefix width m_g (last must be d_sae), fp32."""
+    assert prefixes[-1] == code.d_sae, "the last prefix must be the full dictionary"
+    blocks = prefix_blocks(code.indices, prefixes)
+    return cumulative_block_decode(
+        code.indices, code.values, code.row_ids(), blocks, len(prefixes), code.batch_size, W_dec, b_dec
+    )
+
+
+def prefix_losses(
+    x: Float[Tensor, "batch d_in"], x_hats: Float[Tensor, "batch n_prefixes d_in"], mse_scale: float
+) -> Float[Tensor, " n_prefixes"]:
+    """L_g = mse_scale · mean_{b,d} (x − x̂_g)² — prefix g's FVU against the fixed denominator."""
+    return mse_scale * (x_hats - x.float().unsqueeze(1)).pow(2).mean(dim=(0, 2))
+
+
+# ---------------------------------------------------------------------------------------- objective
+
+
+@dataclass
+class _SampledState:
+    """Per-SAE state of the sampled mode (kept off the Sae so checkpoints stay architecture-neutral)."""
+
+    importance: Float[Tensor, " d_sae"] | None = None
+    """EMA of mean_b (z_i·||d_i||)², in the current latent order."""
+    pending: Float[Tensor, " d_sae"] | None = None
+    """This step's importance, folded into the EMA by post_step."""
+
+
+class MatryoshkaObjective:
+    """Callable objective with a `post_step` hook (the trainer calls it after the optimiser step)."""
+
+    def __init__(self) -> None:
+        self._states: weakref.WeakKeyDictionary[Sae, _SampledState] = weakref.WeakKeyDictionary()
+
+    def __call__(
+        self,
+        sae: Sae,
+        batch: Batch,
+        *,
+        dead_mask: Bool[Tensor, " d_sae"] | None,
+        mse_scale: float,
+        prefixes: list[int] | None = None,
+    ) -> StepOutput:
+        """Σ_g w_g L_g + aux_coef·L_aux on normalised `batch.acts`; `prefixes` overrides the configured."""
+        cfg = sae.cfg
+        sampled = cfg.prefix_mode == "sampled"
+        if prefixes is None:
+            prefixes = (
+                sample_prefixes(sae.d_sae, cfg.n_sampled_prefixes, cfg.min_prefix_length)
+                if sampled
+                else resolve_prefixes(cfg, sae.d_sae)
+            )
+        # Sampled widths change every step, so per-width weights cannot be configured: 1/G (Nabeshima).
+        weights = (
+            [1.0 / len(prefixes)] * len(prefixes) if sampled else resolve_prefix_weights(cfg, len(prefixes))
+        )
+        x = batch.acts.to(sae.W_dec.dtype)
+        dead_idx = dead_columns(sae, dead_mask)
+        enc = sae.activation.encode(sae, x, batch=batch, training=sae.training, aux_columns=dead_idx)
+        x_hats = prefix_reconstructions(enc.code, sae.W_dec, sae.b_dec, prefixes)
+        per_prefix = prefix_losses(x, x_hats, mse_scale)
+        main = (torch.tensor(weights, device=x.device) * per_prefix).sum()
+        x_hat = x_hats[:, -1]
+        aux = torch.zeros((), device=x.device)
+        if dead_idx is not None:
+            aux = auxk_loss(sae, x, x - x_hat, enc.aux_pre_acts, dead_idx, sae.cfg.resolve_k_aux(sae.d_in))
+        loss = main + sae.cfg.aux_coef * aux
+        if sampled:
+            self._state(sae).pending = _latent_importance(enc.code, sae.W_dec)
+        return _step_output(loss, main, aux, per_prefix, prefixes, sampled, x, x_hat, enc.code, dead_mask)
+
+    def post_step(self, sae: Sae, optimizer: torch.optim.Optimizer, tracker, out: StepOutput) -> None:
+        """Sampled mode: fold this step's importance into the EMA and re-sort latents by it (descending).
+
+        Also permutes `out.fired`, because the trainer updates the dead-latent tracker after this hook.
+        """
+        if sae.cfg.prefix_mode != "sampled":
+            return
+        state = self._state(sae)
+        if state.pending is None:
+            return
+        fresh = state.pending
+        state.importance = (
+            fresh
+            if state.importance is None
+            else (1 - IMPORTANCE_EMA) * state.importance + IMPORTANCE_EMA * fresh
+        )
+        state.pending = None
+        # stable: ties (e.g. latents that never fired) keep their order instead of churning every step
+        perm = torch.sort(state.importance, descending=True, stable=True).indices
+        moved = permute_latents_(sae, perm, optimizer=optimizer, tracker=tracker, extra=[state.importance])
+        if moved:
+            out.fired = out.fired[perm.to(out.fired.device)]
+
+    def importance(self, sae: Sae) -> Float[Tensor, " d_sae"] | None:
+        """The current importance EMA of `sae` (None before the first sampled step)."""
+        state = self._states.get(sae)
+        return None if state is None else state.importance
+
+    def _state(self, sae: Sae) -> _SampledState:
+        if sae not in self._states:
+            self._states[sae] = _SampledState()
+        return self._states[sae]
+
+
+matryoshka_objective = register_objective("matryoshka")(MatryoshkaObjective())
+
+
+def dead_columns(sae: Sae, dead_mask: Bool[Tensor, " d_sae"] | None) -> Int[Tensor, " n_dead"] | None:
+    """Dead latent ids for AuxK, or None when AuxK is off (k_aux or aux_coef 0) or nothing is dead."""
+    if dead_mask is None or sae.cfg.resolve_k_aux(sae.d_in) <= 0 or sae.cfg.aux_coef <= 0:
+        return None
+    dead_idx = torch.nonzero(dead_mask.to(sae.W_dec.device)).squeeze(1)
+    return dead_idx if dead_idx.numel() > 0 else None
+
+
+@torch.no_grad()
+def _latent_importance(code: SparseCode, W_dec: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, " d_sae"]:
+    """mean_b (z_i·||d_i||)² per latent — the norm-scaled activation energy Nabeshima sorts by."""
+    norms = torch.linalg.vector_norm(W_dec.float(), dim=1)
+    scaled = code.values.detach().float() * norms[code.indices]
+    energy = torch.zeros(code.d_sae, device=scaled.device).index_add_(0, code.indices, scaled.pow(2))
+    return energy / max(code.batch_size, 1)
+
+
+def _step_output(loss, main, aux, per_prefix, prefixes, sampled, x, x_hat, code, dead_mask) -> StepOutput:
+    with torch.no_grad():
+        sq_err = (x_hat - x).pow(2)
+        batch_var_sum = (x - x.mean(dim=0)).pow(2).sum()
+        stats = torch.stack(
+            [
+                main,
+                aux,
+                loss,
+                per_prefix[-1],
+                sq_err.mean(),
+                sq_err.sum() / batch_var_sum,
+                code.l0_per_row().float().mean(),
+            ]
+        ).detach()
+        main_v, aux_v, total_v, fvu, mse, fvu_batch, l0 = stats.tolist()
+        prefix_v = per_prefix.detach().tolist()
+    metrics = {"fvu": fvu, "fvu_batch": fvu_batch, "mse": mse, "l0": l0}
+    if sampled:  # widths change every step: log the smallest prefix by position, with its width
+        metrics.update(fvu_first_prefix=prefix_v[0], first_prefix=float(prefixes[0]))
+    else:
+        metrics.update({f"fvu_m{m}": v for m, v in zip(prefixes, prefix_v, strict=True)})
+    metrics["n_dead"] = 0.0 if dead_mask is None else float(dead_mask.sum().item())
+    return StepOutput(
+        loss=loss,
+        losses={"main": main_v, "aux": aux_v, "total": total_v},
+        metrics=metrics,
+        fired=fired_latents(code),
+    )
+
+
+# ---------------------------------------------------------------------------------------- permutation
+
+_LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+
+
+@torch.no_grad()
+def permute_latents_(
+    sae: Sae,
+    perm: Int[Tensor, " d_sae"],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    tracker=None,
+    extra: list[Tensor] = (),
+) -> bool:
+    """Reorder latents in place so new latent p is old latent perm[p]; returns False when perm is identity.
+
+    Moves W_enc columns, b_enc, W_dec rows, the threshold buffer, every optimizer state tensor shaped
+    like those parameters (Adam exp_avg / exp_avg_sq / max_exp_avg_sq), the tracker's dead counters,
+    the `extra` per-latent tensors, and calls `sae.activation.permute_latents_(perm)` when the activation
+    keeps per-latent state of its own. Only the latents that actually move are copied.
+    """
+    perm = perm.to(device=sae.W_dec.device, dtype=torch.long)
+    assert perm.shape == (sae.d_sae,), f"perm must have shape ({sae.d_sae},)"
+    moved = torch.nonzero(perm != torch.arange(sae.d_sae, device=perm.device)).squeeze(1)
+    if moved.numel() == 0:
+        return False
+    src = perm[moved]
+
+    def move(t: Tensor, dim: int) -> None:
+        # index_select copies first, so sources are read before any destination is overwritten
+        t.index_copy_(dim, moved.to(t.device), t.index_select(dim, src.to(t.device)))
+
+    for name, dim in _LATENT_DIM.items():
+        param = getattr(sae, name)
+        move(param.data, dim)
+        if optimizer is not None:
+            for value in optimizer.state.get(param, {}).values():
+                if isinstance(value, Tensor) and value.shape == param.shape:
+                    move(value, dim)
+    if sae.threshold is not None:
+        move(sae.threshold, 0)
+    for t in extra:
+        move(t, 0)
+    if tracker is not None:
+        state = tracker.state_dict()
+        tracker.load_state_dict({key: value[perm.cpu()] for key, value in state.items()})
+    if hasattr(sae.activation, "permute_latents_"):
+        sae.activation.permute_latents_(perm)
+    return True

@@ -1,0 +1,402 @@
+"""Objectives nested over k (algorithms.md §1.4, §3.3, §6): Multi-TopK, HierarchicalTopK and MSAE.
+
+All three share one encoder GEMM and one selection: the top-K entries of every row, sorted by value, so
+the code at budget k is the first k columns (supports are nested by construction). Gradients reach the
+encoder only through `encode_selected` on the selected entries; decodes go through `sparse_decode`.
+
+- `multi_topk` (Gao et al. §5.3): L = L(k) + L(4k)/8 (levels = cfg.k_levels or (k, 4k); weight 1 on the
+  first level, 1/8 on each later one), AuxK on the residual of the k-level reconstruction.
+- `hierarchical_topk` (Balagansky et al.): L_H = (1/K)·Σ_{j=1..K} L(j) with K = cfg.k, computed through
+  the Gram-matrix identity of §6.2 in row chunks, so memory is B·K² plus one chunk·K·d (never B·K·d);
+  AuxK on the residual of the full top-K reconstruction.
+- `msae` (Zaigrajew et al.): levels doubling from k_levels[0] (default cfg.k) up to d_sae, each with
+  SoftCap(u) = 30·tanh(u/30) after ReLU, loss Σ_j w_j L(k_j) with UW/RW weights normalised; no AuxK.
+  Pair it with the `topk_softcap` activation so inference applies the same cap.
+
+Every L(·) is an FVU against the fixed denominator: mse_scale · mean_{b,d}(x − x̂)², as in `topk_auxk`.
+All three need a per-row TopK activation (`topk` / `topk_softcap`) whose k is the inference budget.
+
+    objective = get_objective("hierarchical_topk")
+    out = objective(sae, batch, dead_mask=tracker.dead_mask(), mse_scale=s)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from saekit.config import SaeConfig
+from saekit.errors import ConfigError
+from saekit.kernels import encode_selected
+from saekit.sae.activations import Encoded, TopK, register_activation
+from saekit.sae.model import Sae
+from saekit.train.matryoshka import cumulative_block_decode, dead_columns, prefix_losses
+from saekit.train.objectives import StepOutput, auxk_loss, fired_latents, register_objective
+from saekit.types import Batch, SparseCode
+
+logger = logging.getLogger(__name__)
+
+SOFT_CAP = 30.0
+"""MSAE soft cap: z = 30·tanh(ReLU(h)/30), so |z| < 30 (WolodjaZ/MSAE)."""
+MULTI_TOPK_TAIL_WEIGHT = 1 / 8
+"""Gao et al.: the 4k term enters with weight 1/8."""
+GRAM_CHUNK_ELEMENTS = 1 << 22
+"""Rows per Gram chunk are chosen so one chunk's gathered decoder rows hold at most this many floats."""
+PER_ROW_ACTIVATIONS = ("topk", "topk_softcap")
+
+
+def soft_cap(u: Float[Tensor, "..."], cap: float = SOFT_CAP) -> Float[Tensor, "..."]:
+    return cap * torch.tanh(u / cap)
+
+
+@register_activation("topk_softcap")
+class TopKSoftCap(TopK):
+    """TopK followed by ReLU and the MSAE soft cap 30·tanh(u/30) — the inference form of `msae`."""
+
+    soft_cap: float = SOFT_CAP
+
+    def encode(self, sae: Sae, x: Float[Tensor, "batch d_in"], **kwargs: Any) -> Encoded:
+        enc = super().encode(sae, x, **kwargs)
+        code = enc.code
+        enc.code = SparseCode(soft_cap(code.values, self.soft_cap), code.indices, code.offsets, code.d_sae)
+        return enc
+
+
+# ---------------------------------------------------------------------------------------- levels
+
+
+def multi_topk_levels(cfg: SaeConfig, d_sae: int) -> list[int]:
+    """cfg.k_levels, else (k, 4k) — capped at d_sae, strictly increasing."""
+    levels = list(cfg.k_levels) if cfg.k_levels is not None else [cfg.k, 4 * cfg.k]
+    return _check_levels(sorted({min(int(k), d_sae) for k in levels}), d_sae, "k_levels")
+
+
+def msae_k_levels(start: int, d_sae: int) -> list[int]:
+    """k_1 = start, doubling while below d_sae, then d_sae itself (e.g. 64, 128, …, 4096, 6144)."""
+    if start <= 0:
+        raise ConfigError(f"sae.k_levels[0] must be positive, got {start}")
+    levels, k = [], int(start)
+    while k < d_sae:
+        levels.append(k)
+        k *= 2
+    return [*levels, d_sae]
+
+
+def resolve_msae_levels(cfg: SaeConfig, d_sae: int) -> list[int]:
+    """One entry in cfg.k_levels (or none: cfg.k) is a start to double from; several are used as given."""
+    if cfg.k_levels is not None and len(cfg.k_levels) > 1:
+        return _check_levels([int(k) for k in cfg.k_levels], d_sae, "k_levels")
+    start = cfg.k_levels[0] if cfg.k_levels else cfg.k
+    return msae_k_levels(start, d_sae)
+
+
+def msae_level_weights(n_levels: int, mode: str) -> list[float]:
+    """UW: w_j = 1; RW: w_j = m − j + 1 (largest on the smallest k). Normalised to sum to 1."""
+    if mode == "uniform":
+        raw = [1.0] * n_levels
+    elif mode == "reverse":
+        raw = [float(n_levels - j) for j in range(n_levels)]
+    else:
+        raise ConfigError(f"sae.level_weights must be 'uniform' or 'reverse', got {mode!r}")
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+def _check_levels(levels: list[int], d_sae: int, name: str) -> list[int]:
+    if not levels or levels[0] <= 0 or levels[-1] > d_sae or any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ConfigError(
+            f"sae.{name} must be strictly increasing values in [1, d_sae={d_sae}], got {levels}"
+        )
+    return levels
+
+
+# ---------------------------------------------------------------------------------------- selection
+
+
+@dataclass
+class SortedCode:
+    """Per-row selected latents sorted by pre-activation (descending); entry e has rank rank[e] in its row."""
+
+    code: SparseCode
+    """Values carry the gradient (ReLU, plus soft cap for MSAE); entries grouped by row, sorted in it."""
+    ranks: Int[Tensor, " nnz"]
+    aux_pre_acts: Float[Tensor, "batch n_aux"] | None
+
+
+def encode_sorted(
+    sae: Sae,
+    x: Float[Tensor, "batch d_in"],
+    k_max: int,
+    *,
+    all_positive: bool = False,
+    aux_columns: Int[Tensor, " n_aux"] | None = None,
+    cap: float | None = None,
+) -> SortedCode:
+    """Top-k_max entries of each row of h, sorted; with `all_positive`, every other h > 0 entry is appended
+    (ranks ≥ k_max, unsorted — only needed when the last level is the whole dictionary, as in MSAE)."""
+    _require_per_row_activation(sae)
+    x = x.to(sae.W_enc.dtype)
+    batch = x.shape[0]
+    with torch.no_grad():
+        h = torch.addmm(sae.b_enc, x - sae.b_dec, sae.W_enc)
+        vals, idx = torch.topk(h, k_max, dim=1, sorted=True)
+        rows = torch.arange(batch, device=x.device).repeat_interleave(k_max)
+        ranks = torch.arange(k_max, device=x.device).repeat(batch)
+        idx, vals = idx.reshape(-1), vals.reshape(-1)
+        if all_positive and k_max < h.shape[1]:
+            rows, idx, vals, ranks = _append_other_positives(h, idx, rows, vals, ranks, k_max)
+        aux = h.index_select(1, aux_columns) if aux_columns is not None else None
+        del h  # free the [B, d_sae] buffer before backward, as the activation template does
+    pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, rows, idx, vals)
+    values = torch.relu(pre) if cap is None else soft_cap(torch.relu(pre), cap)
+    offsets = torch.zeros(batch + 1, dtype=torch.long, device=x.device)
+    offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=batch), 0)
+    return SortedCode(SparseCode(values, idx, offsets, sae.d_sae), ranks, aux)
+
+
+def _append_other_positives(h, idx, rows, vals, ranks, k_max):
+    """Add every positive h entry outside the top-k_max, regrouped so each row's entries stay together."""
+    rest = h.clone()
+    rest.view(-1)[rows * h.shape[1] + idx] = float("-inf")
+    extra_rows, extra_idx = torch.nonzero(rest > 0, as_tuple=True)
+    all_rows = torch.cat([rows, extra_rows])
+    order = torch.argsort(all_rows, stable=True)  # stable: the sorted top-k_max stays first in its row
+    extra_ranks = torch.full_like(extra_rows, k_max)
+    return (
+        all_rows[order],
+        torch.cat([idx, extra_idx])[order],
+        torch.cat([vals, h[extra_rows, extra_idx]])[order],
+        torch.cat([ranks, extra_ranks])[order],
+    )
+
+
+def _require_per_row_activation(sae: Sae) -> None:
+    if sae.cfg.activation not in PER_ROW_ACTIVATIONS:
+        raise ConfigError(
+            f"multi-k objectives select their own sorted top-k per row, so they train and run with a per-row "
+            f"TopK activation; got sae.activation={sae.cfg.activation!r}: set sae.activation=topk "
+            "(or topk_softcap for msae)"
+        )
+
+
+def nested_level_reconstructions(
+    sorted_code: SortedCode,
+    levels: list[int],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    b_dec: Float[Tensor, " d_in"],
+) -> Float[Tensor, "batch n_levels d_in"]:
+    """x̂ at each k in `levels`: entry of rank r joins every level with k > r; one decode for all levels.
+    Entries ranked beyond the last level are ignored."""
+    code = sorted_code.code
+    bounds = torch.tensor(levels, dtype=sorted_code.ranks.dtype, device=sorted_code.ranks.device)
+    blocks = torch.bucketize(sorted_code.ranks, bounds, right=True)
+    keep = blocks < len(levels)
+    rows = code.row_ids()
+    if not bool(keep.all()):
+        rows, blocks = rows[keep], blocks[keep]
+        indices, values = code.indices[keep], code.values[keep]
+    else:
+        indices, values = code.indices, code.values
+    # entries are grouped by row and ranked within it, so the (row, block) keys are already sorted
+    return cumulative_block_decode(
+        indices, values, rows, blocks, len(levels), code.batch_size, W_dec, b_dec, keys_sorted=True
+    )
+
+
+# ---------------------------------------------------------------------------------------- Gram identity
+
+
+def hierarchical_loss(
+    x: Float[Tensor, "batch d_in"],
+    b_dec: Float[Tensor, " d_in"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    indices: Int[Tensor, "batch k"],
+    values: Float[Tensor, "batch k"],
+    weights: Float[Tensor, " k"],
+) -> Float[Tensor, ""]:
+    """Σ_b Σ_j weights[j]·||x_b − x̂_b^(j)||² with x̂^(j) = b_dec + Σ_{i≤j} v_i·W_dec[idx_i] (columns in rank
+    order), without ever holding the B·K·d partial reconstructions (algorithms.md §6.2).
+
+    With e0 = x − b_dec, p_i = ⟨e0, d_i⟩, G_ii' = ⟨d_i, d_i'⟩ and a_i = Σ_{j≥i} weights[j]:
+    Σ_j w_j||e_j||² = (Σw)||e0||² − 2 Σ_i a_i v_i p_i + Σ_{i,i'} a_max(i,i') v_i v_i' G_ii'.
+    Differentiable w.r.t. b_dec, W_dec and values; rows are processed in chunks in forward and backward.
+    """
+    e0 = x.float() - b_dec.float()
+    w = weights.float()
+    a = w.flip(0).cumsum(0).flip(0)
+    return _GramHierarchicalLoss.apply(e0, W_dec, indices, values.float(), a, w.sum())
+
+
+class _GramHierarchicalLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, e0, W_dec, indices, values, a, w_total):
+        ctx.save_for_backward(e0, W_dec, indices, values, a, w_total)
+        A = _pair_weights(a)
+        total = e0.new_zeros(())
+        for lo, hi in _chunks(e0.shape[0], indices.shape[1], e0.shape[1]):
+            D = W_dec.float()[indices[lo:hi]]  # [c, K, d]: the only K·d-sized buffer, one chunk at a time
+            p = torch.einsum("ckd,cd->ck", D, e0[lo:hi])
+            gram = D @ D.transpose(1, 2)
+            v = values[lo:hi]
+            quad = torch.einsum("ci,ij,cij,cj->", v, A, gram, v)
+            total = total + w_total * e0[lo:hi].pow(2).sum() - 2 * (a * v * p).sum() + quad
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        e0, W_dec, indices, values, a, w_total = ctx.saved_tensors
+        A = _pair_weights(a)
+        g_e0 = torch.empty_like(e0)
+        g_v = torch.empty_like(values)
+        g_W = torch.zeros(W_dec.shape, dtype=torch.float32, device=W_dec.device)
+        for lo, hi in _chunks(e0.shape[0], indices.shape[1], e0.shape[1]):
+            idx, v, e = indices[lo:hi], values[lo:hi], e0[lo:hi]
+            D = W_dec.float()[idx]
+            p = torch.einsum("ckd,cd->ck", D, e)
+            gram = D @ D.transpose(1, 2)
+            av = a * v
+            g_v[lo:hi] = -2 * a * p + 2 * torch.einsum("ij,cij,cj->ci", A, gram, v)
+            mix = A * (v.unsqueeze(2) * v.unsqueeze(1))  # [c, K, K]: A_ii' v_i v_i'
+            g_D = 2 * (mix @ D) - 2 * av.unsqueeze(2) * e.unsqueeze(1)
+            g_e0[lo:hi] = 2 * w_total * e - 2 * torch.einsum("ck,ckd->cd", av, D)
+            g_W.index_add_(0, idx.reshape(-1), g_D.reshape(-1, D.shape[2]))
+        return grad * g_e0, (grad * g_W).to(W_dec.dtype), None, grad * g_v, None, None
+
+
+def _pair_weights(a: Float[Tensor, " k"]) -> Float[Tensor, "k k"]:
+    """A_ii' = a_max(i, i')."""
+    pos = torch.arange(a.shape[0], device=a.device)
+    return a[torch.maximum(pos.unsqueeze(1), pos.unsqueeze(0))]
+
+
+def _chunks(batch: int, k: int, d: int):
+    step = max(1, GRAM_CHUNK_ELEMENTS // max(1, k * d))
+    for lo in range(0, batch, step):
+        yield lo, min(batch, lo + step)
+
+
+def hierarchical_loss_direct(
+    x: Float[Tensor, "batch d_in"],
+    b_dec: Float[Tensor, " d_in"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    indices: Int[Tensor, "batch k"],
+    values: Float[Tensor, "batch k"],
+    weights: Float[Tensor, " k"],
+) -> Float[Tensor, ""]:
+    """Reference for `hierarchical_loss`: the explicit cumulative sum over a [B, K, d] tensor (tests only)."""
+    partial = (values.float().unsqueeze(2) * W_dec.float()[indices]).cumsum(1) + b_dec.float()
+    return (weights.float() * (x.float().unsqueeze(1) - partial).pow(2).sum(2)).sum()
+
+
+# ---------------------------------------------------------------------------------------- objectives
+
+
+@register_objective("multi_topk")
+def multi_topk_objective(
+    sae: Sae, batch: Batch, *, dead_mask: Bool[Tensor, " d_sae"] | None, mse_scale: float
+) -> StepOutput:
+    """L = L(k) + Σ_{later levels} L(k_j)/8 (default levels (k, 4k)) + aux_coef·AuxK on the k residual."""
+    levels = multi_topk_levels(sae.cfg, sae.d_sae)
+    x = batch.acts.to(sae.W_dec.dtype)
+    dead_idx = dead_columns(sae, dead_mask)
+    sc = encode_sorted(sae, x, levels[-1], aux_columns=dead_idx)
+    x_hats = nested_level_reconstructions(sc, levels, sae.W_dec, sae.b_dec)
+    per_level = prefix_losses(x, x_hats, mse_scale)
+    weights = torch.tensor([1.0] + [MULTI_TOPK_TAIL_WEIGHT] * (len(levels) - 1), device=x.device)
+    main = (weights * per_level).sum()
+    aux = _aux(sae, x, x_hats[:, 0], sc.aux_pre_acts, dead_idx)
+    return _level_output(sae, main, aux, per_level, levels, levels[0], x, x_hats[:, 0], sc, dead_mask)
+
+
+@register_objective("hierarchical_topk")
+def hierarchical_topk_objective(
+    sae: Sae, batch: Batch, *, dead_mask: Bool[Tensor, " d_sae"] | None, mse_scale: float
+) -> StepOutput:
+    """L_H = (1/K)·Σ_{j=1..K} mse_scale·mean_{b,d}(x − x̂^(j))² with K = cfg.k, plus aux_coef·AuxK on the
+    residual of the full top-K reconstruction."""
+    K = sae.cfg.k
+    x = batch.acts.to(sae.W_dec.dtype)
+    B, d = x.shape
+    dead_idx = dead_columns(sae, dead_mask)
+    sc = encode_sorted(sae, x, K, aux_columns=dead_idx)
+    idx, values = sc.code.indices.view(B, K), sc.code.values.view(B, K)
+    weights = torch.full((K,), mse_scale / (K * B * d), device=x.device)
+    main = hierarchical_loss(x, sae.b_dec, sae.W_dec, idx, values, weights)
+    with torch.no_grad():  # two cheap decodes for the logged ends of the hierarchy (§6.5: monitor both)
+        levels = [1, K] if K > 1 else [1]
+        x_hats = nested_level_reconstructions(_detached(sc), levels, sae.W_dec, sae.b_dec)
+        per_level = prefix_losses(x, x_hats, mse_scale)
+    x_hat = x_hats[:, -1]
+    aux = _aux(sae, x, x_hat, sc.aux_pre_acts, dead_idx)
+    return _level_output(sae, main, aux, per_level, levels, K, x, x_hat, sc, dead_mask)
+
+
+_warned_softcap: set[int] = set()
+
+
+@register_objective("msae")
+def msae_objective(
+    sae: Sae, batch: Batch, *, dead_mask: Bool[Tensor, " d_sae"] | None, mse_scale: float
+) -> StepOutput:
+    """Σ_j w_j·L(k_j) over the doubling k list with SoftCap values; UW/RW weights sum to 1; no AuxK."""
+    levels = resolve_msae_levels(sae.cfg, sae.d_sae)
+    weights = torch.tensor(msae_level_weights(len(levels), sae.cfg.level_weights))
+    if sae.cfg.activation != "topk_softcap" and id(sae) not in _warned_softcap:
+        _warned_softcap.add(id(sae))
+        logger.warning("msae trains with a soft cap; use sae.activation=topk_softcap so inference matches")
+    x = batch.acts.to(sae.W_dec.dtype)
+    whole = levels[-1] == sae.d_sae  # last level = every positive latent (TopK at k = n is ReLU)
+    k_sorted = (levels[-2] if len(levels) > 1 else 0) if whole else levels[-1]
+    sc = encode_sorted(sae, x, k_sorted, all_positive=whole, cap=SOFT_CAP)
+    x_hats = nested_level_reconstructions(sc, levels, sae.W_dec, sae.b_dec)
+    per_level = prefix_losses(x, x_hats, mse_scale)
+    main = (weights.to(x.device) * per_level).sum()
+    main_k = sae.cfg.k if sae.cfg.k in levels else levels[0]
+    x_hat = x_hats[:, levels.index(main_k)]
+    aux = torch.zeros((), device=x.device)
+    return _level_output(sae, main, aux, per_level, levels, main_k, x, x_hat, sc, dead_mask)
+
+
+def _aux(sae, x, x_hat, aux_pre_acts, dead_idx) -> Tensor:
+    if dead_idx is None:
+        return torch.zeros((), device=x.device)
+    return auxk_loss(sae, x, x - x_hat, aux_pre_acts, dead_idx, sae.cfg.resolve_k_aux(sae.d_in))
+
+
+def _detached(sc: SortedCode) -> SortedCode:
+    c = sc.code
+    return SortedCode(SparseCode(c.values.detach(), c.indices, c.offsets, c.d_sae), sc.ranks, None)
+
+
+def _level_output(sae, main, aux, per_level, levels, main_k, x, x_hat, sc, dead_mask) -> StepOutput:
+    loss = main + sae.cfg.aux_coef * aux
+    with torch.no_grad():
+        sq_err = (x_hat - x).pow(2)
+        in_main = (sc.ranks < main_k) & (sc.code.values > 0)
+        stats = torch.stack(
+            [
+                main,
+                aux,
+                loss,
+                per_level[levels.index(main_k)],
+                sq_err.mean(),
+                sq_err.sum() / (x - x.mean(dim=0)).pow(2).sum(),
+                in_main.sum() / max(x.shape[0], 1),
+            ]
+        ).detach()
+        main_v, aux_v, total_v, fvu, mse, fvu_batch, l0 = stats.tolist()
+        level_v = per_level.detach().tolist()
+    metrics = {"fvu": fvu, "fvu_batch": fvu_batch, "mse": mse, "l0": l0}
+    metrics.update({f"fvu_k{k}": v for k, v in zip(levels, level_v, strict=True)})
+    metrics["n_dead"] = 0.0 if dead_mask is None else float(dead_mask.sum().item())
+    return StepOutput(
+        loss=loss,
+        losses={"main": main_v, "aux": aux_v, "total": total_v},
+        metrics=metrics,
+        fired=fired_latents(sc.code),
+    )
