@@ -1,8 +1,9 @@
 """saekit.kernels — the only two ops through which an SAE decodes and gets its encoder gradients.
 
 Both take a CSR-shaped sparse code (row b owns entries offsets[b]:offsets[b+1], rows may be empty) and
-accumulate in fp32. Today they run the pure-torch twins in `torch_ops`; a Triton backend is dispatched
-from inside these functions (chosen once per process, see design.md §5), so callers never change.
+accumulate in fp32. The backend is chosen once per process (`SAEKIT_KERNELS=auto|triton|torch`, see
+`backend.py`): Triton kernels on CUDA tensors (or under `TRITON_INTERPRET=1` when forced, for tests), the
+pure-torch twins in `torch_ops` otherwise, so callers never change.
 
     from saekit.kernels import encode_selected, sparse_decode
     pre = encode_selected(x, W_enc, b_enc, b_dec, rows, indices, h_selected)     # attaches autograd
@@ -10,6 +11,8 @@ from inside these functions (chosen once per process, see design.md §5), so cal
 """
 
 from __future__ import annotations
+
+import os
 
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -33,6 +36,10 @@ def sparse_decode(
     """
     _check_code(indices, values, offsets)
     assert W_dec.dim() == 2, f"W_dec must be [d_sae, d_in], got {tuple(W_dec.shape)}"
+    if _use_triton(W_dec):
+        from .triton_decode import triton_sparse_decode
+
+        return triton_sparse_decode(indices, values, offsets, W_dec, b_dec).float()
     return sparse_decode_torch(indices, values, offsets, W_dec, b_dec)
 
 
@@ -54,7 +61,18 @@ def encode_selected(
     assert x.dim() == 2 and W_enc.shape == (x.shape[1], b_enc.shape[0]), (
         f"W_enc must be [d_in, d_sae] = [{x.shape[1]}, {b_enc.shape[0]}], got {tuple(W_enc.shape)}"
     )
+    if _use_triton(W_enc):
+        from .triton_encoder import triton_encode_selected
+
+        return triton_encode_selected(x, W_enc, b_enc, b_dec, rows, indices, pre_acts).float()
     return encode_selected_torch(x, W_enc, b_enc, b_dec, rows, indices, pre_acts)
+
+
+def _use_triton(weight: Tensor) -> bool:
+    """Triton runs on CUDA tensors, or on CPU tensors only under the interpreter (forced for tests)."""
+    if kernel_backend() != "triton":
+        return False
+    return weight.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _check_code(indices: Tensor, values: Tensor, offsets: Tensor) -> None:

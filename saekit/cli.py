@@ -1,10 +1,12 @@
 """`saekit` command line: one subcommand per stage, each parsing one stage config then calling the library.
 
-    saekit collect configs/demo_collect.yaml max_tokens=50000
-    saekit train configs/topk.yaml sae.k=64 [--resume]
-    saekit eval runs/topk
-    saekit demo
-    saekit hooks tiny
+saekit collect configs/demo_collect.yaml max_tokens=50000
+saekit train configs/topk.yaml sae.k=64 [--resume]
+saekit eval runs/topk
+saekit demo
+saekit index runs/topk
+saekit app runs
+saekit hooks tiny
 """
 
 from __future__ import annotations
@@ -69,6 +71,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from saekit.analysis import build_index
+
+    opts = _parse_index_options(args.overrides)
+    path = build_index(Path(args.run), **opts)
+    sys.stdout.write(f"index: {path}\n")
+    return 0
+
+
+def _parse_index_options(items: list[str]) -> dict:
+    import yaml
+
+    from saekit.errors import ConfigError
+
+    allowed = {
+        "num_sequences",
+        "context_length",
+        "batch_size",
+        "top_examples",
+        "quantile_bins",
+        "examples_per_bin",
+        "compute_output_scores",
+        "logit_lens_top_k",
+        "seed",
+    }
+    opts = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"index option {item!r}: use key=value with keys {sorted(allowed)}")
+        opts[key] = yaml.safe_load(value)
+    return opts
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from saekit.app_launcher import launch_app
+
+    return launch_app(Path(args.runs_dir), port=args.port)
+
+
 def cmd_hooks(args: argparse.Namespace) -> int:
     from saekit.models import list_hookpoints, load_model
 
@@ -108,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("index", help="build the latent index of a run: RUN_DIR [key=value ...]")
+    p.add_argument("run", help="run directory written by `saekit train`")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("app", help="start the Streamlit workbench on 127.0.0.1: [RUNS_DIR]")
+    p.add_argument("runs_dir", nargs="?", default="runs")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_app)
+
     p = sub.add_parser("hooks", help="list a model's hook points: MODEL (embedded, tiny, a local dir)")
     p.add_argument("model", nargs="?", default="embedded")
     p.set_defaults(func=cmd_hooks)
@@ -120,8 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
     try:
         return args.func(args)

@@ -105,11 +105,13 @@ class SaeConfig:
     prefix_weights: tuple[float, ...] | None = None
     """Matryoshka per-prefix loss weights; None means 1/G each."""
     prefix_mode: Literal["fixed", "sampled"] = "fixed"
-    """Matryoshka: fixed groups (Bussmann) or prefixes sampled every step with latent re-sorting (Nabeshima)."""
+    """Matryoshka: fixed groups (Bussmann), or prefixes sampled every step with latent re-sorting
+    (Nabeshima)."""
     n_sampled_prefixes: int = 10
     min_prefix_length: int = 1
     k_levels: tuple[int, ...] | None = None
-    """Multi-k objectives: the k values trained (multi_topk default (k, 4k); msae default doubling to d_sae)."""
+    """Multi-k objectives: the k values trained (multi_topk default (k, 4k); msae default doubling up
+    to d_sae)."""
     level_weights: Literal["uniform", "reverse"] = "uniform"
     """MSAE level weights: UW (uniform) or RW (largest weight on the smallest k)."""
     grad_beta: float = 1.0
@@ -171,7 +173,9 @@ class TrainConfig:
         )
         _require(self.total_tokens > 0, "total_tokens", "must be positive")
         _require(self.batch_size > 0, "batch_size", "must be positive")
-        _require(self.lr is None or self.lr > 0, "lr", "must be positive (or null for the 1/sqrt(d_sae) rule)")
+        _require(
+            self.lr is None or self.lr > 0, "lr", "must be positive (or null for the 1/sqrt(d_sae) rule)"
+        )
         _require(self.log_every > 0 and self.checkpoint_every > 0, "log_every", "intervals must be positive")
 
     @property
@@ -208,7 +212,9 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/topk.yaml")
+            raise ConfigError(
+                f"config file {path} does not exist; pass a YAML file such as configs/topk.yaml"
+            )
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a YAML mapping of config keys, got {type(loaded).__name__}")
@@ -300,7 +306,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         item_types = args if (len(args) != 2 or args[1] is not Ellipsis) else (args[0],) * len(value)
         if len(item_types) != len(value):
             raise ConfigError(f"{name} must have {len(item_types)} items, got {value!r}")
-        return tuple(_coerce(t, v, f"{name}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
+        pairs = enumerate(zip(item_types, value, strict=True))
+        return tuple(_coerce(t, v, f"{name}[{i}]") for i, (t, v) in pairs)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, prefix=f"{name}.")
     return _coerce_scalar(tp, value, name)

@@ -41,15 +41,29 @@ class DemoConfig:
 
 def demo_configs(cfg: DemoConfig) -> tuple[CollectConfig, TrainConfig, EvalConfig]:
     out = Path(cfg.out_dir)
-    collect = CollectConfig(model=cfg.model, hookpoints=(cfg.hookpoint,), corpus=cfg.corpus,
-                            context_length=cfg.context_length, max_tokens=cfg.tokens,
-                            batch_size=cfg.collect_batch_size, out_dir=str(out / "cache"),
-                            autocast_bf16=cfg.autocast_bf16)
-    sae = SaeConfig(activation="topk", k=cfg.k, expansion_factor=cfg.expansion_factor,
-                    dead_tokens=cfg.dead_tokens)
-    train = TrainConfig(sae=sae, cache_dir=collect.out_dir, hookpoint=cfg.hookpoint,
-                        run_dir=str(out / "topk"), total_tokens=cfg.tokens * cfg.epochs,
-                        batch_size=cfg.batch_size, log_every=10, checkpoint_every=50)
+    collect = CollectConfig(
+        model=cfg.model,
+        hookpoints=(cfg.hookpoint,),
+        corpus=cfg.corpus,
+        context_length=cfg.context_length,
+        max_tokens=cfg.tokens,
+        batch_size=cfg.collect_batch_size,
+        out_dir=str(out / "cache"),
+        autocast_bf16=cfg.autocast_bf16,
+    )
+    sae = SaeConfig(
+        activation="topk", k=cfg.k, expansion_factor=cfg.expansion_factor, dead_tokens=cfg.dead_tokens
+    )
+    train = TrainConfig(
+        sae=sae,
+        cache_dir=collect.out_dir,
+        hookpoint=cfg.hookpoint,
+        run_dir=str(out / "topk"),
+        total_tokens=cfg.tokens * cfg.epochs,
+        batch_size=cfg.batch_size,
+        log_every=10,
+        checkpoint_every=50,
+    )
     evaluation = EvalConfig(num_sequences=cfg.eval_sequences)
     return collect, train, evaluation
 
@@ -72,16 +86,24 @@ def run_demo(cfg: DemoConfig) -> str:
     trained = time.perf_counter()
     result = evaluate_run(run_dir, eval_cfg)
     done = time.perf_counter()
-    timings = {"collect_s": collected - start, "train_s": trained - collected, "eval_s": done - trained,
-               "total_s": done - start, "train_tokens_per_s": _train_throughput(run_dir)}
+    timings = {
+        "collect_s": collected - start,
+        "train_s": trained - collected,
+        "eval_s": done - trained,
+        "total_s": done - start,
+        "train_tokens_per_s": _train_throughput(run_dir),
+    }
     summary = {"timings": timings, "run_dir": str(run_dir), "cache_dir": collect_cfg.out_dir, "eval": result}
     (Path(cfg.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
-    lines = [format_eval_table(result), "",
-             f"wall time: {timings['total_s']:.0f} s (collect {timings['collect_s']:.0f} s, train "
-             f"{timings['train_s']:.0f} s, eval {timings['eval_s']:.0f} s)",
-             f"training throughput: {timings['train_tokens_per_s']:.0f} tokens/s (median of logged windows)",
-             f"activation cache: {collect_cfg.out_dir}",
-             f"run directory:    {run_dir}  (final/, metrics.jsonl, eval.json)"]
+    lines = [
+        format_eval_table(result),
+        "",
+        f"wall time: {timings['total_s']:.0f} s (collect {timings['collect_s']:.0f} s, train "
+        f"{timings['train_s']:.0f} s, eval {timings['eval_s']:.0f} s)",
+        f"training throughput: {timings['train_tokens_per_s']:.0f} tokens/s (median of logged windows)",
+        f"activation cache: {collect_cfg.out_dir}",
+        f"run directory:    {run_dir}  (final/, metrics.jsonl, eval.json)",
+    ]
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """Atomic file writes and hashing: a crash never leaves a half-written file under the final name.
 
-    atomic_write_text(path, "...")
-    with atomic_path(path) as tmp: save_file(tensors, tmp)
+atomic_write_text(path, "...")
+with atomic_path(path) as tmp: save_file(tensors, tmp)
 """
 
 from __future__ import annotations

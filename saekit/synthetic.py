@@ -13,7 +13,7 @@ Everything comes from one seeded generator, so a given seed yields the same dict
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
@@ -66,3 +66,104 @@ class SparseDictionaryData:
         dec = W_dec.detach().float().cpu()
         dec = dec / dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return (self.features @ dec.t()).max(dim=1).values.mean().item()
+
+
+class HierarchicalData:
+    """A two-level tree of known directions: children fire only together with their parent.
+
+    Each row activates `parents_active` distinct parents (uniformly); each active parent, with probability
+    `child_prob`, also activates exactly one of its `children_per_parent` children (children of one parent
+    are mutually exclusive, like sub-categories). Every direction is a random unit vector (orthonormal with
+    `orthogonal=True`); coefficients are U(coef_min, coef_max); optional Gaussian noise. Rows of `features`:
+    parents first (0..P−1), then the children of parent 0, of parent 1, … — `parent_of[i]` is i's parent
+    (−1 for parents). This is the toy setting where a flat TopK SAE absorbs parents into parent+child
+    latents and a Matryoshka SAE should not (algorithms.md §3, §12).
+
+        data = HierarchicalData(d_in=48, n_parents=6, children_per_parent=4, seed=0)
+        x, active = data.sample_with_active(4096)         # active: [4096, n_features] bool
+        data.parent_recall(sae.W_dec, sae.encode(x).to_dense() > 0, active)
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        n_parents: int,
+        children_per_parent: int,
+        seed: int = 0,
+        *,
+        parents_active: int = 2,
+        child_prob: float = 0.5,
+        noise: float = 0.0,
+        coef_min: float = 0.5,
+        coef_max: float = 1.5,
+        orthogonal: bool = False,
+    ) -> None:
+        if not 0 < parents_active <= n_parents:
+            raise ValueError(f"need 0 < parents_active <= n_parents, got {parents_active}, {n_parents}")
+        if children_per_parent < 1 or not 0.0 <= child_prob <= 1.0:
+            raise ValueError("need children_per_parent >= 1 and child_prob in [0, 1]")
+        self.d_in, self.n_parents, self.children_per_parent = d_in, n_parents, children_per_parent
+        self.parents_active, self.child_prob = parents_active, child_prob
+        self.noise, self.coef_min, self.coef_max = noise, coef_min, coef_max
+        self.n_features = n_parents * (1 + children_per_parent)
+        self.generator = torch.Generator().manual_seed(seed)
+        features = torch.randn(self.n_features, d_in, generator=self.generator)
+        if orthogonal:  # exactly orthonormal directions: no interference, only the hierarchy is hard
+            if d_in < self.n_features:
+                raise ValueError(f"orthogonal=True needs d_in >= {self.n_features} (one axis per direction)")
+            features = torch.linalg.qr(features.t()).Q.t()
+        self.features: Float[Tensor, "n_features d_in"] = features / features.norm(dim=1, keepdim=True)
+        children_parent = torch.arange(n_parents).repeat_interleave(children_per_parent)
+        roots = torch.full((n_parents,), -1)
+        self.parent_of: Int[Tensor, " n_features"] = torch.cat([roots, children_parent])
+
+    def sample_with_active(self, n: int) -> tuple[Float[Tensor, "n d_in"], Bool[Tensor, "n n_features"]]:
+        """Rows plus which true directions are active in each (the parent of every active child is active)."""
+        gen, P, C = self.generator, self.n_parents, self.children_per_parent
+        parents = torch.multinomial(torch.ones(n, P), self.parents_active, replacement=False, generator=gen)
+        active = torch.zeros(n, self.n_features, dtype=torch.bool)
+        active.scatter_(1, parents, True)
+        with_child = torch.rand(n, self.parents_active, generator=gen) < self.child_prob
+        child = torch.randint(0, C, (n, self.parents_active), generator=gen)
+        child_ids = P + parents * C + child
+        rows = torch.arange(n).unsqueeze(1).expand_as(child_ids)
+        active[rows[with_child], child_ids[with_child]] = True
+        unit = torch.rand(n, self.n_features, generator=gen)
+        coefs = self.coef_min + (self.coef_max - self.coef_min) * unit
+        x = (coefs * active) @ self.features
+        if self.noise > 0:
+            x = x + self.noise * torch.randn(n, self.d_in, generator=gen)
+        return x, active
+
+    def sample(self, n: int) -> Float[Tensor, "n d_in"]:
+        return self.sample_with_active(n)[0]
+
+    def recovery_score(self, W_dec: Float[Tensor, "d_sae d_in"], which: str = "all") -> float:
+        """Mean over true directions ('parents', 'children' or 'all') of the best decoder-row cosine."""
+        select = {"parents": self.parent_of < 0, "children": self.parent_of >= 0, "all": self.parent_of > -2}
+        if which not in select:
+            raise ValueError(f"which must be one of {sorted(select)}, got {which!r}")
+        dec = W_dec.detach().float().cpu()
+        dec = dec / dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return (self.features[select[which]] @ dec.t()).max(dim=1).values.mean().item()
+
+    def parent_recall(
+        self,
+        W_dec: Float[Tensor, "d_sae d_in"],
+        fired: Bool[Tensor, "n d_sae"],
+        active: Bool[Tensor, "n n_features"],
+    ) -> float:
+        """Absorption check: take, for each parent, the latent whose decoder row is closest to it; return the
+        fraction of rows with that parent AND one of its children active in which the latent fires (mean
+        over parents). An SAE that absorbs parents into parent+child latents scores low."""
+        dec = W_dec.detach().float().cpu()
+        dec = dec / dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        P = self.n_parents
+        best = (self.features[:P] @ dec.t()).argmax(dim=1)
+        fired, active = fired.cpu(), active.cpu()
+        recalls = []
+        for p in range(P):
+            with_child = active[:, P:][:, self.parent_of[P:] == p].any(dim=1) & active[:, p]
+            if with_child.any():
+                recalls.append(fired[with_child, best[p]].float().mean().item())
+        return sum(recalls) / max(len(recalls), 1)

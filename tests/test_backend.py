@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+
 from saekit.kernels import backend
 from saekit.kernels.backend import kernel_backend, reset_kernel_backend, triton_available
 

@@ -18,7 +18,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_yaml_and_overrides_are_applied():
-    cfg = load_config(TrainConfig, CONFIGS / "topk.yaml", ["sae.k=64", "lr=3e-4", "hookpoint=blocks.3.hook_mlp_out"])
+    cfg = load_config(
+        TrainConfig, CONFIGS / "topk.yaml", ["sae.k=64", "lr=3e-4", "hookpoint=blocks.3.hook_mlp_out"]
+    )
     assert cfg.sae.k == 64
     assert cfg.lr == pytest.approx(3e-4)
     assert cfg.hookpoint == "blocks.3.hook_mlp_out"
@@ -34,8 +36,12 @@ def test_unknown_key_suggests_closest_name():
 
 @pytest.mark.parametrize(
     "override, fragment",
-    [("batch_size=abc", "batch_size must be of type int"), ("sae.init_b_dec=median", "must be one of"),
-     ("sae.k=0", "k: must be a positive"), ("progress=3", "progress must be of type bool")],
+    [
+        ("batch_size=abc", "batch_size must be of type int"),
+        ("sae.init_b_dec=median", "must be one of"),
+        ("sae.k=0", "k: must be a positive"),
+        ("progress=3", "progress must be of type bool"),
+    ],
 )
 def test_wrong_values_are_rejected_with_the_field_name(override, fragment):
     with pytest.raises(ConfigError, match=fragment):

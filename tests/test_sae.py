@@ -298,3 +298,21 @@ def test_synthetic_data_is_seeded_sparse_and_unit_norm():
     torch.testing.assert_close(x, torch.einsum("nk,nkd->nd", coefs, a.features[active]))
     assert a.recovery_score(a.features) == pytest.approx(1.0)
     assert a.recovery_score(torch.randn(25, 10)) < 0.9
+
+
+def test_method_modules_load_lazily_without_import_cycles():
+    import subprocess
+    import sys
+
+    code = (
+        "import saekit.train.objectives as o, saekit.sae as s\n"
+        "from saekit.config import SaeConfig\n"
+        "assert 'topk' in s.ACTIVATIONS\n"
+        "try:\n"
+        "    s.get_activation('no_such_activation', SaeConfig())\n"
+        "except s.get_activation.__globals__['ConfigError']:\n"
+        "    pass\n"
+        "import saekit.sae.methods  # importing it after the core must not cycle either\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

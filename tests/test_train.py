@@ -16,17 +16,33 @@ def tiny_cache(tmp_path_factory):
     from saekit.activations import collect
 
     out = tmp_path_factory.mktemp("cache")
-    cfg = CollectConfig(model="tiny", hookpoints=("blocks.1.hook_resid_post",), context_length=32,
-                        max_tokens=3000, batch_size=8, shard_tokens=700, out_dir=str(out))
+    cfg = CollectConfig(
+        model="tiny",
+        hookpoints=("blocks.1.hook_resid_post",),
+        context_length=32,
+        max_tokens=3000,
+        batch_size=8,
+        shard_tokens=700,
+        out_dir=str(out),
+    )
     collect(cfg)
     return out
 
 
 def _cfg(cache, run_dir, **kw):
     sae = SaeConfig(k=4, expansion_factor=2, dead_tokens=300, k_aux=8)
-    base = dict(sae=sae, cache_dir=str(cache), run_dir=str(run_dir), total_tokens=128 * 12, batch_size=128,
-                log_every=2, checkpoint_every=3, norm_estimation_tokens=512, shuffle_buffer_tokens=1024,
-                progress=False)
+    base = dict(
+        sae=sae,
+        cache_dir=str(cache),
+        run_dir=str(run_dir),
+        total_tokens=128 * 12,
+        batch_size=128,
+        log_every=2,
+        checkpoint_every=3,
+        norm_estimation_tokens=512,
+        shuffle_buffer_tokens=1024,
+        progress=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -82,8 +98,17 @@ def test_resume_on_a_cache_of_another_width_fails(tiny_cache, tmp_path):
     from saekit.activations import collect
 
     other = tmp_path / "other_cache"
-    collect(CollectConfig(model="tiny", hookpoints=("blocks.1.mlp.hook_post",), context_length=32,
-                          max_tokens=600, batch_size=8, shard_tokens=700, out_dir=str(other)))
+    collect(
+        CollectConfig(
+            model="tiny",
+            hookpoints=("blocks.1.mlp.hook_post",),
+            context_length=32,
+            max_tokens=600,
+            batch_size=8,
+            shard_tokens=700,
+            out_dir=str(other),
+        )
+    )
     train(_cfg(tiny_cache, tmp_path / "run", total_tokens=128 * 4))
     with pytest.raises(DataError, match="d_in="):
         train(_cfg(other, tmp_path / "run", total_tokens=128 * 8), resume=True)

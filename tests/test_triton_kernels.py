@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from saekit.kernels import triton_segment
 from saekit.kernels.triton_decode import triton_sparse_decode
 from saekit.kernels.triton_encoder import triton_encode_selected

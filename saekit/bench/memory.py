@@ -43,13 +43,22 @@ def measure_here(variant: str, cfg: StepBenchConfig, steps: int = 2) -> dict[str
         step()
     peak = _peak_rss_bytes() - before
     budget = expected_budget_bytes(cfg)
-    return {"variant": variant, "peak_mib": peak / MiB, "budget_mib": budget / MiB, "peak_over_budget": peak / budget}
+    return {
+        "variant": variant,
+        "peak_mib": peak / MiB,
+        "budget_mib": budget / MiB,
+        "peak_over_budget": peak / budget,
+    }
 
 
 def measure_in_subprocess(variant: str, cfg: StepBenchConfig) -> dict[str, float]:
     args = [f"{k}={v}" for k, v in asdict(cfg).items()]
-    out = subprocess.run([sys.executable, "-m", "saekit.bench.memory", f"variant={variant}", *args],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "saekit.bench.memory", f"variant={variant}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

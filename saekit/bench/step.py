@@ -78,10 +78,10 @@ def make_dense_step(cfg: StepBenchConfig, x: torch.Tensor) -> Callable[[], None]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
-            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+            W_dec.grad.sub_((W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec)
         optimizer.step()
         with torch.no_grad():
-            W_dec /= W_dec.norm(dim=-1, keepdim=True)
+            W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
 
     return step
 

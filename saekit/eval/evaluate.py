@@ -25,6 +25,7 @@ from torch import Tensor
 
 from saekit.config import EvalConfig, TrainConfig, load_saved_config, to_dict
 from saekit.errors import CorpusError, RunDirError
+from saekit.eval.levels import LEVEL_OBJECTIVES, level_metrics
 from saekit.eval.metrics import ReconstructionStats
 from saekit.eval.splice import ABLATIONS, EXCLUDED_POSITIONS, reconstruct_with_code, spliced_losses
 from saekit.io import atomic_write_json
@@ -85,14 +86,15 @@ def load_train_config(run_dir: Path) -> TrainConfig:
 # ---------------------------------------------------------------------------------------- cached rows
 
 
-def iter_last_rows(cache: Any, max_rows: int) -> Iterator[Float[Tensor, "chunk d_in"]]:
-    """fp32 chunks (in cache order) covering the last `max_rows` rows, one shard in memory at a time."""
+def iter_last_rows(cache: Any, max_rows: int, key: str = "acts") -> Iterator[Float[Tensor, "chunk d_in"]]:
+    """fp32 chunks (in cache order) covering the last `max_rows` rows, one shard in memory at a time.
+    `key="grads"` gives the stored gradients of the same rows, chunked identically."""
     sizes = [int(s) for s in cache.shard_sizes]
     start = max(0, sum(sizes) - max_rows)
     offset = 0
     for index, size in enumerate(sizes):
         if offset + size > start:
-            acts = cache.load_shard(index)["acts"]
+            acts = cache.load_shard(index)[key]
             for lo in range(max(0, start - offset), size, ROW_CHUNK):
                 yield acts[lo : lo + ROW_CHUNK].float()
         offset += size
@@ -246,9 +248,44 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
     losses = spliced_losses(model, sae, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
 
     result = _assemble(run_dir, checkpoint, sae, cfg, plan, cached, heldout, losses, mean_source)
+    if "grad" in getattr(sae.activation, "selection_modes", ()):  # g-SAE: report both selection modes
+        result["selection_modes"] = grad_mode_metrics(sae, cache, model, tokens, cfg, mean_act)
+    if cache is not None and train_cfg.objective in LEVEL_OBJECTIVES:  # Matryoshka / multi-k: per level
+        result["levels"] = level_metrics(
+            sae, iter_last_rows(cache, cfg.max_eval_rows), objective=train_cfg.objective
+        )
     atomic_write_json(run_dir / "eval.json", result)
     logger.info("wrote %s", run_dir / "eval.json")
     return result
+
+
+def grad_mode_metrics(
+    sae: Any, cache: Any, model: Any, tokens: Tensor, cfg: EvalConfig, mean_act: Tensor
+) -> dict[str, Any]:
+    """The cached/heldout/splice numbers again with gradient-informed selection (algorithms.md §5.5): cached
+    rows use their stored dL/dx, held-out text gets it from one extra forward + backward per batch. The
+    top-level numbers of eval.json are the "plain" mode (TopK selection, no labels needed)."""
+    from saekit.models import capture
+    from saekit.sae.gradient import WithGradients
+
+    cached = None
+    if cache is not None and cache.has_grads:
+        acts = iter_last_rows(cache, cfg.max_eval_rows)
+        grads = iter_last_rows(cache, cfg.max_eval_rows, "grads")
+        fed = WithGradients(sae, zip(acts, grads, strict=True))
+        cached = cached_row_metrics(cache, fed, cfg.max_eval_rows, cfg.dense_threshold).compute()
+
+    # One (acts, grads) chunk per spliced batch, in splice order. Captured up front: a capture inside the
+    # splice hook would run a nested forward that re-enters the hook.
+    chunks = []
+    for lo in range(0, tokens.shape[0], cfg.batch_size):
+        cap = capture(model, tokens[lo : lo + cfg.batch_size], [sae.hookpoint], with_grads=True)
+        chunks.append((cap.acts[sae.hookpoint].flatten(0, 1), cap.grads[sae.hookpoint].flatten(0, 1)))
+    heldout = ReconstructionStats(sae.d_sae, cfg.dense_threshold)
+    fed = WithGradients(sae, chunks)
+    losses = spliced_losses(model, fed, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
+    grad = {"cached": cached, "heldout": heldout.compute(), "splice": losses}
+    return {"top_level": "plain", "grad": grad}
 
 
 def _warn_if_other_model(model: Any, sae: Any) -> None:
@@ -367,6 +404,13 @@ def format_eval_table(result: dict[str, Any]) -> str:
     rows.append(("CE recovered (zero)", "", _fmt(rec.get("zero_ablation"))))
     rows.append(("CE recovered (mean)", "", _fmt(rec.get("mean_ablation"))))
     rows.append(("KL(clean || SAE)", "", _fmt(kl.get("sae"))))
+    grad = (result.get("selection_modes") or {}).get("grad")
+    if grad:  # g-SAE: the rows above use plain selection; these use held-out gradients
+        g_cached, g_heldout, g_splice = grad.get("cached") or {}, grad.get("heldout") or {}, grad["splice"]
+        rows.append(("FVU (grad select)", _fmt(g_cached.get("fvu")), _fmt(g_heldout.get("fvu"))))
+        rows.append(("CE SAE (grad select)", "", _fmt(g_splice.get("ce_loss", {}).get("sae"))))
+        recovered = g_splice.get("ce_recovered", {}).get("zero_ablation")
+        rows.append(("CE recovered (zero, grad select)", "", _fmt(recovered)))
     tokens = (result.get("settings") or {}).get("tokens", {})
     header = (
         "metric",

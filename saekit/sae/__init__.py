@@ -12,6 +12,7 @@ from saekit.sae.activations import (
     Selection,
     TopK,
     get_activation,
+    load_method_modules,
     register_activation,
 )
 from saekit.sae.checkpoint import fold_act_scale, load_sae, save_sae
@@ -34,6 +35,7 @@ __all__ = [
     "get_activation",
     "init_sae_from_data_",
     "init_weights_tied_",
+    "load_method_modules",
     "load_sae",
     "normalize_rows_",
     "project_out_parallel_",

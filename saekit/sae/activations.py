@@ -15,6 +15,7 @@ non-linear encoder (matching pursuit) overrides `encode` itself. None of them to
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,8 +139,20 @@ def register_activation(name: str) -> Callable[[type[Activation]], type[Activati
     return add
 
 
+def load_method_modules() -> None:
+    """Import `saekit.sae.methods`, which imports every module that registers an activation or objective.
+
+    Done lazily (on the first unknown name, or by code that lists the registries) rather than from
+    `saekit/sae/__init__.py`: method modules import `saekit.train.objectives`, which imports `saekit.sae`,
+    so an eager import there would be circular whenever `saekit.train` is imported first.
+    """
+    importlib.import_module("saekit.sae.methods")
+
+
 def get_activation(name: str, cfg: SaeConfig) -> Activation:
     """Instantiate the registered activation `name`; unknown names raise ConfigError with close matches."""
+    if name not in ACTIVATIONS:
+        load_method_modules()
     if name not in ACTIVATIONS:
         close = difflib.get_close_matches(name, ACTIVATIONS, n=3)
         hint = (

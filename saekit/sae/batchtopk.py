@@ -1,4 +1,4 @@
-"""BatchTopK and Mutual Choice: keep the B·k largest pre-activations of the whole batch (algorithms.md §2, §4).
+"""BatchTopK and Mutual Choice: keep the B·k largest pre-activations of a batch (algorithms.md §2, §4).
 
 One implementation under two names — Bussmann et al.'s BatchTopK and Ayonrinde's Mutual Choice are the same
 rule (top B·k of the flattened B×n matrix, ReLU after selection), so every token gets a variable number of
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 CANDIDATES_PER_ROW = 2
 """Stage 1 of the batch top-(B·k) keeps CANDIDATES_PER_ROW·k entries per row. Measured at B=4096,
 d_sae=16384, k=32 on 2 CPU cores: one top-k over all 67M entries 1.11 s, per-row top-2k 0.18-0.27 s (an
-encoder GEMM was 1.9 s). Rows that hold more than 2k winners are repaired exactly (see `batch_top_entries`)."""
+encoder GEMM was 1.9 s). Rows holding more than 2k winners are repaired exactly (see `batch_top_entries`)."""
 
 
 # ------------------------------------------------------------------------------------- selection rules
@@ -96,16 +96,16 @@ def _repair_saturated_rows(
     pool_rows.append(sat_rows[local])
     pool_cols.append(cols)
     pool_vals.append(sub[local, cols])
-    logger.debug("batch top-k: %d rows held more than %d winners; pooled their entries", len(sat_rows), per_row)
+    logger.debug(
+        "batch top-k: %d rows held more than %d winners; pooled their entries", len(sat_rows), per_row
+    )
     rows, cols, vals = torch.cat(pool_rows), torch.cat(pool_cols), torch.cat(pool_vals)
     values, pick = torch.topk(vals, total, sorted=False)
     return rows[pick], cols[pick], values
 
 
 @torch.no_grad()
-def threshold_selection(
-    h: Float[Tensor, "batch d_sae"], threshold: Float[Tensor, " d_sae"]
-) -> Selection:
+def threshold_selection(h: Float[Tensor, "batch d_sae"], threshold: Float[Tensor, " d_sae"]) -> Selection:
     """Per-token JumpReLU-style rule: entries with h > threshold (per latent), grouped by row."""
     rows, cols = torch.nonzero(h > threshold, as_tuple=True)  # row-major order: already grouped by row
     offsets = torch.zeros(h.shape[0] + 1, dtype=torch.long, device=h.device)

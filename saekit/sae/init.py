@@ -77,15 +77,21 @@ def init_sae_from_data_(
 ) -> None:
     """Re-initialise `sae` (tied directions, b_enc = 0) and set b_dec from a normalised-space sample.
 
+    cfg.init: "tied" (random rows) or "subspace" (rows inside the sample's principal subspace).
     cfg.init_b_dec: "geometric_median" of up to 32 768 rows, "mean", or "zeros".
     """
     if x_sample.dim() != 2 or x_sample.shape[1] != sae.d_in:
         raise DataError(f"init sample must be [n, {sae.d_in}], got {tuple(x_sample.shape)}")
     if not torch.isfinite(x_sample).all():
         raise DataError("init sample contains NaN/inf; check the activation cache")
-    init_weights_tied_(sae, generator)
-    mode = sae.cfg.init_b_dec
     x = x_sample.to(device=sae.b_dec.device, dtype=torch.float32)
+    if sae.cfg.init == "subspace":  # decoder rows inside the data's principal subspace (algorithms.md §8)
+        from saekit.sae.subspace import init_subspace_
+
+        init_subspace_(sae, x, generator)
+    else:
+        init_weights_tied_(sae, generator)
+    mode = sae.cfg.init_b_dec
     if mode == "zeros":
         sae.b_dec.zero_()
     elif mode == "mean":

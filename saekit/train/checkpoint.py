@@ -1,12 +1,12 @@
 """Training checkpoints: a directory per step, never a pickle, written atomically.
 
-    checkpoints/step_0000100/
-        sae/                       the SAE checkpoint (cfg.json + sae.safetensors), loadable on its own
-        optimizer.safetensors      Adam moments and step counters, one tensor per (param, field)
-        trainer_state.json         step, tokens, counters, RNG state, reader position, scales
+checkpoints/step_0000100/
+    sae/                       the SAE checkpoint (cfg.json + sae.safetensors), loadable on its own
+    optimizer.safetensors      Adam moments and step counters, one tensor per (param, field)
+    trainer_state.json         step, tokens, counters, RNG state, reader position, scales
 
-    save_checkpoint(run_dir / "checkpoints", step, sae, optimizer, state)
-    step_dir = latest_checkpoint(run_dir / "checkpoints")
+save_checkpoint(run_dir / "checkpoints", step, sae, optimizer, state)
+step_dir = latest_checkpoint(run_dir / "checkpoints")
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:07d}"
 
 
-def save_checkpoint(root: Path, step: int, sae, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-                    keep_last: int = 3) -> Path:
+def save_checkpoint(
+    root: Path, step: int, sae, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep_last: int = 3
+) -> Path:
     """Write a complete checkpoint into a temporary directory, then rename it into place."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -63,8 +64,10 @@ def load_trainer_state(step_dir: Path, optimizer: torch.optim.Optimizer) -> dict
     """Restore optimizer moments in place and return the JSON trainer state."""
     state_path, opt_path = step_dir / "trainer_state.json", step_dir / "optimizer.safetensors"
     if not state_path.is_file() or not opt_path.is_file():
-        raise RunDirError(f"checkpoint {step_dir} is incomplete (missing trainer_state.json or "
-                          "optimizer.safetensors); delete it to resume from the previous one")
+        raise RunDirError(
+            f"checkpoint {step_dir} is incomplete (missing trainer_state.json or "
+            "optimizer.safetensors); delete it to resume from the previous one"
+        )
     state = json.loads(state_path.read_text())
     _restore_optimizer(optimizer, load_file(str(opt_path)), state.pop("optimizer_meta"))
     return state
@@ -79,7 +82,9 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         param_id, name = key.split(".", 1)

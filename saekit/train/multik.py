@@ -35,7 +35,9 @@ from saekit.errors import ConfigError
 from saekit.kernels import encode_selected
 from saekit.sae.activations import Encoded, TopK, register_activation
 from saekit.sae.model import Sae
-from saekit.train.matryoshka import cumulative_block_decode, dead_columns, prefix_losses
+
+# module import (not names): stays valid when the method registry imports these two modules in a cycle
+from saekit.train import matryoshka
 from saekit.train.objectives import StepOutput, auxk_loss, fired_latents, register_objective
 from saekit.types import Batch, SparseCode
 
@@ -108,9 +110,10 @@ def msae_level_weights(n_levels: int, mode: str) -> list[float]:
 
 
 def _check_levels(levels: list[int], d_sae: int, name: str) -> list[int]:
-    if not levels or levels[0] <= 0 or levels[-1] > d_sae or any(b <= a for a, b in zip(levels, levels[1:])):
+    increasing = all(b > a for a, b in zip(levels, levels[1:], strict=False))
+    if not levels or levels[0] <= 0 or levels[-1] > d_sae or not increasing:
         raise ConfigError(
-            f"sae.{name} must be strictly increasing values in [1, d_sae={d_sae}], got {levels}"
+            f"sae.{name} must be strictly increasing values in [1, d_sae={d_sae}]; got {levels}"
         )
     return levels
 
@@ -159,6 +162,21 @@ def encode_sorted(
     return SortedCode(SparseCode(values, idx, offsets, sae.d_sae), ranks, aux)
 
 
+def encode_levels(
+    sae: Sae,
+    x: Float[Tensor, "batch d_in"],
+    levels: list[int],
+    *,
+    aux_columns: Int[Tensor, " n_aux"] | None = None,
+    cap: float | None = None,
+) -> SortedCode:
+    """The sorted code covering every level. A last level of d_sae means "every positive latent" (TopK at
+    k = n is ReLU), so only the levels below it are sorted and the remaining positives are appended."""
+    whole = levels[-1] == sae.d_sae
+    k_sorted = (levels[-2] if len(levels) > 1 else 0) if whole else levels[-1]
+    return encode_sorted(sae, x, k_sorted, all_positive=whole, aux_columns=aux_columns, cap=cap)
+
+
 def _append_other_positives(h, idx, rows, vals, ranks, k_max):
     """Add every positive h entry outside the top-k_max, regrouped so each row's entries stay together."""
     rest = h.clone()
@@ -184,28 +202,30 @@ def _require_per_row_activation(sae: Sae) -> None:
         )
 
 
+def level_block_sums(
+    sorted_code: SortedCode, levels: list[int], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "n_levels batch d_in"]:
+    """Block g sums the entries ranked in [k_{g−1}, k_g), so level g's code is blocks 0..g (one decode).
+    Entries ranked beyond the last level are ignored."""
+    code = sorted_code.code
+    bounds = torch.tensor(levels, dtype=sorted_code.ranks.dtype, device=sorted_code.ranks.device)
+    blocks = torch.bucketize(sorted_code.ranks, bounds, right=True)
+    rows, indices, values = code.row_ids(), code.indices, code.values
+    keep = blocks < len(levels)
+    if not bool(keep.all()):
+        rows, blocks, indices, values = rows[keep], blocks[keep], indices[keep], values[keep]
+    return matryoshka.block_sums(indices, values, rows, blocks, len(levels), code.batch_size, W_dec)
+
+
 def nested_level_reconstructions(
     sorted_code: SortedCode,
     levels: list[int],
     W_dec: Float[Tensor, "d_sae d_in"],
     b_dec: Float[Tensor, " d_in"],
 ) -> Float[Tensor, "batch n_levels d_in"]:
-    """x̂ at each k in `levels`: entry of rank r joins every level with k > r; one decode for all levels.
-    Entries ranked beyond the last level are ignored."""
-    code = sorted_code.code
-    bounds = torch.tensor(levels, dtype=sorted_code.ranks.dtype, device=sorted_code.ranks.device)
-    blocks = torch.bucketize(sorted_code.ranks, bounds, right=True)
-    keep = blocks < len(levels)
-    rows = code.row_ids()
-    if not bool(keep.all()):
-        rows, blocks = rows[keep], blocks[keep]
-        indices, values = code.indices[keep], code.values[keep]
-    else:
-        indices, values = code.indices, code.values
-    # entries are grouped by row and ranked within it, so the (row, block) keys are already sorted
-    return cumulative_block_decode(
-        indices, values, rows, blocks, len(levels), code.batch_size, W_dec, b_dec, keys_sorted=True
-    )
+    """x̂ at each k in `levels` (eval and tests; training uses the nested losses directly)."""
+    sums = level_block_sums(sorted_code, levels, W_dec)
+    return (sums.cumsum(0) + b_dec.float()).transpose(0, 1)
 
 
 # ---------------------------------------------------------------------------------------- Gram identity
@@ -303,14 +323,15 @@ def multi_topk_objective(
     """L = L(k) + Σ_{later levels} L(k_j)/8 (default levels (k, 4k)) + aux_coef·AuxK on the k residual."""
     levels = multi_topk_levels(sae.cfg, sae.d_sae)
     x = batch.acts.to(sae.W_dec.dtype)
-    dead_idx = dead_columns(sae, dead_mask)
+    dead_idx = matryoshka.dead_columns(sae, dead_mask)
     sc = encode_sorted(sae, x, levels[-1], aux_columns=dead_idx)
-    x_hats = nested_level_reconstructions(sc, levels, sae.W_dec, sae.b_dec)
-    per_level = prefix_losses(x, x_hats, mse_scale)
+    sums = level_block_sums(sc, levels, sae.W_dec)
+    per_level = matryoshka.nested_losses(x, sae.b_dec, sums, mse_scale)
     weights = torch.tensor([1.0] + [MULTI_TOPK_TAIL_WEIGHT] * (len(levels) - 1), device=x.device)
     main = (weights * per_level).sum()
-    aux = _aux(sae, x, x_hats[:, 0], sc.aux_pre_acts, dead_idx)
-    return _level_output(sae, main, aux, per_level, levels, levels[0], x, x_hats[:, 0], sc, dead_mask)
+    residual = matryoshka.nested_residual(x, sae.b_dec, sums, 0)
+    aux = _aux(sae, x, residual, sc.aux_pre_acts, dead_idx)
+    return _level_output(sae, main, aux, per_level, levels, levels[0], x, residual, sc, dead_mask)
 
 
 @register_objective("hierarchical_topk")
@@ -322,18 +343,18 @@ def hierarchical_topk_objective(
     K = sae.cfg.k
     x = batch.acts.to(sae.W_dec.dtype)
     B, d = x.shape
-    dead_idx = dead_columns(sae, dead_mask)
+    dead_idx = matryoshka.dead_columns(sae, dead_mask)
     sc = encode_sorted(sae, x, K, aux_columns=dead_idx)
     idx, values = sc.code.indices.view(B, K), sc.code.values.view(B, K)
     weights = torch.full((K,), mse_scale / (K * B * d), device=x.device)
     main = hierarchical_loss(x, sae.b_dec, sae.W_dec, idx, values, weights)
-    with torch.no_grad():  # two cheap decodes for the logged ends of the hierarchy (§6.5: monitor both)
+    with torch.no_grad():  # one more decode for the logged ends of the hierarchy (§6.5: monitor both)
         levels = [1, K] if K > 1 else [1]
-        x_hats = nested_level_reconstructions(_detached(sc), levels, sae.W_dec, sae.b_dec)
-        per_level = prefix_losses(x, x_hats, mse_scale)
-    x_hat = x_hats[:, -1]
-    aux = _aux(sae, x, x_hat, sc.aux_pre_acts, dead_idx)
-    return _level_output(sae, main, aux, per_level, levels, K, x, x_hat, sc, dead_mask)
+        sums = level_block_sums(_detached(sc), levels, sae.W_dec)
+        per_level = matryoshka.nested_losses(x, sae.b_dec, sums, mse_scale)
+        residual = matryoshka.nested_residual(x, sae.b_dec, sums, len(levels) - 1)
+    aux = _aux(sae, x, residual, sc.aux_pre_acts, dead_idx)
+    return _level_output(sae, main, aux, per_level, levels, K, x, residual, sc, dead_mask)
 
 
 _warned_softcap: set[int] = set()
@@ -350,22 +371,20 @@ def msae_objective(
         _warned_softcap.add(id(sae))
         logger.warning("msae trains with a soft cap; use sae.activation=topk_softcap so inference matches")
     x = batch.acts.to(sae.W_dec.dtype)
-    whole = levels[-1] == sae.d_sae  # last level = every positive latent (TopK at k = n is ReLU)
-    k_sorted = (levels[-2] if len(levels) > 1 else 0) if whole else levels[-1]
-    sc = encode_sorted(sae, x, k_sorted, all_positive=whole, cap=SOFT_CAP)
-    x_hats = nested_level_reconstructions(sc, levels, sae.W_dec, sae.b_dec)
-    per_level = prefix_losses(x, x_hats, mse_scale)
+    sc = encode_levels(sae, x, levels, cap=SOFT_CAP)
+    sums = level_block_sums(sc, levels, sae.W_dec)
+    per_level = matryoshka.nested_losses(x, sae.b_dec, sums, mse_scale)
     main = (weights.to(x.device) * per_level).sum()
     main_k = sae.cfg.k if sae.cfg.k in levels else levels[0]
-    x_hat = x_hats[:, levels.index(main_k)]
+    residual = matryoshka.nested_residual(x, sae.b_dec, sums, levels.index(main_k))
     aux = torch.zeros((), device=x.device)
-    return _level_output(sae, main, aux, per_level, levels, main_k, x, x_hat, sc, dead_mask)
+    return _level_output(sae, main, aux, per_level, levels, main_k, x, residual, sc, dead_mask)
 
 
-def _aux(sae, x, x_hat, aux_pre_acts, dead_idx) -> Tensor:
+def _aux(sae, x, residual, aux_pre_acts, dead_idx) -> Tensor:
     if dead_idx is None:
         return torch.zeros((), device=x.device)
-    return auxk_loss(sae, x, x - x_hat, aux_pre_acts, dead_idx, sae.cfg.resolve_k_aux(sae.d_in))
+    return auxk_loss(sae, x, residual, aux_pre_acts, dead_idx, sae.cfg.resolve_k_aux(sae.d_in))
 
 
 def _detached(sc: SortedCode) -> SortedCode:
@@ -373,10 +392,10 @@ def _detached(sc: SortedCode) -> SortedCode:
     return SortedCode(SparseCode(c.values.detach(), c.indices, c.offsets, c.d_sae), sc.ranks, None)
 
 
-def _level_output(sae, main, aux, per_level, levels, main_k, x, x_hat, sc, dead_mask) -> StepOutput:
+def _level_output(sae, main, aux, per_level, levels, main_k, x, residual, sc, dead_mask) -> StepOutput:
     loss = main + sae.cfg.aux_coef * aux
     with torch.no_grad():
-        sq_err = (x_hat - x).pow(2)
+        sq_err = residual.pow(2)
         in_main = (sc.ranks < main_k) & (sc.code.values > 0)
         stats = torch.stack(
             [

@@ -27,7 +27,7 @@ from torch import Tensor
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError, DataError
 from saekit.kernels import encode_selected, sparse_decode
-from saekit.sae.activations import Selection
+from saekit.sae.activations import Selection, load_method_modules
 from saekit.sae.model import Sae
 from saekit.types import Batch, SparseCode
 
@@ -68,6 +68,8 @@ def get_objective(name_or_cfg: str | SaeConfig) -> Objective:
     """Objective by registry name, or the one an SaeConfig trains with (`topk_auxk` for every current
     activation; a config field can pick others once Matryoshka & co. exist)."""
     name = name_or_cfg if isinstance(name_or_cfg, str) else DEFAULT_OBJECTIVE
+    if name not in OBJECTIVES:
+        load_method_modules()
     if name not in OBJECTIVES:
         close = difflib.get_close_matches(name, OBJECTIVES, n=3)
         hint = (

@@ -68,10 +68,15 @@ def _cache_source(cfg: TrainConfig) -> TrainingSource:
         "cache_fingerprint": _cache_fingerprint(manifest),
     }
     if cfg.total_tokens > cache.num_tokens:
-        logger.info("training on %d tokens from a cache of %d: %.1f epochs", cfg.total_tokens,
-                    cache.num_tokens, cfg.total_tokens / cache.num_tokens)
-    return TrainingSource(reader, sample, cache.d_in, manifest["hookpoint"], manifest.get("model_id", ""),
-                          description)
+        logger.info(
+            "training on %d tokens from a cache of %d: %.1f epochs",
+            cfg.total_tokens,
+            cache.num_tokens,
+            cfg.total_tokens / cache.num_tokens,
+        )
+    return TrainingSource(
+        reader, sample, cache.d_in, manifest["hookpoint"], manifest.get("model_id", ""), description
+    )
 
 
 def _live_source(cfg: TrainConfig) -> TrainingSource:
@@ -98,8 +103,10 @@ def _live_source(cfg: TrainConfig) -> TrainingSource:
 def check_finite(x: Tensor, where: str) -> None:
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).any(dim=-1).nonzero().flatten()[:5].tolist()
-        raise DataError(f"{where} contains NaN or inf activations (rows {bad}...); re-collect the cache, "
-                        "e.g. without bf16 autocast, or check the model")
+        raise DataError(
+            f"{where} contains NaN or inf activations (rows {bad}...); re-collect the cache, "
+            "e.g. without bf16 autocast, or check the model"
+        )
 
 
 def _cache_fingerprint(manifest: dict[str, Any]) -> str:

@@ -21,7 +21,13 @@ from tqdm.auto import tqdm
 
 from saekit.config import TrainConfig, save_config
 from saekit.errors import DataError, RunDirError
-from saekit.train.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from saekit.train.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from saekit.train.sources import TrainingSource, open_training_source
 
 logger = logging.getLogger(__name__)
@@ -55,8 +61,9 @@ class Trainer:
         self.mse_scale = mse_scale
         self.objective = get_objective(cfg.objective)
         self.lr = cfg.resolve_lr(sae.d_sae)
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.lr, betas=cfg.adam_betas,
-                                          eps=cfg.adam_eps, **_fused_kwargs(cfg.device))
+        self.optimizer = torch.optim.Adam(
+            sae.parameters(), lr=self.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, **_fused_kwargs(cfg.device)
+        )
         self.tracker = DeadLatentTracker(sae.d_sae, cfg.sae.dead_tokens)
         self.step_count, self.tokens = 0, 0
         self._window: list[dict[str, float]] = []
@@ -70,21 +77,40 @@ class Trainer:
 
         sample = source.sample.to(cfg.device)
         scale = estimate_act_scale(sample, cfg.sae.normalize_activations)
-        sae = Sae(source.d_in, cfg.sae, act_scale=scale, hookpoint=source.hookpoint,
-                  model_id=source.model_id, extra_cfg={"source": source.description}).to(cfg.device)
+        sae = Sae(
+            source.d_in,
+            cfg.sae,
+            act_scale=scale,
+            hookpoint=source.hookpoint,
+            model_id=source.model_id,
+            extra_cfg={"source": source.description},
+        ).to(cfg.device)
         scaled = sae.scale_input(sample)
         init_sae_from_data_(sae, scaled)
         mse_scale = mse_scale_from_sample(scaled)  # fixed FVU denominator (Gao et al. train.py)
-        logger.info("SAE %s: d_in=%d d_sae=%d k=%d act_scale=%.4g lr=%.3g", cfg.sae.activation, sae.d_in,
-                    sae.d_sae, cfg.sae.k, scale, cfg.resolve_lr(sae.d_sae))
+        logger.info(
+            "SAE %s: d_in=%d d_sae=%d k=%d act_scale=%.4g lr=%.3g",
+            cfg.sae.activation,
+            sae.d_in,
+            sae.d_sae,
+            cfg.sae.k,
+            scale,
+            cfg.resolve_lr(sae.d_sae),
+        )
         return cls(cfg, source, sae, mse_scale, run_dir)
 
     # ------------------------------------------------------------------------------------------ loop
 
     def fit(self) -> None:
         total = self.cfg.total_steps
-        bar = tqdm(total=total, initial=self.step_count, desc="train", unit="step",
-                   disable=not self.cfg.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.step_count,
+            desc="train",
+            unit="step",
+            disable=not self.cfg.progress,
+            dynamic_ncols=True,
+        )
         while self.step_count < total:
             batch = self.source.next_batch().to(self.cfg.device)
             record = self.step(batch)
@@ -92,8 +118,11 @@ class Trainer:
             bar.update(1)
             if self.step_count % self.cfg.log_every == 0 or self.step_count == total:
                 summary = self.log()
-                bar.set_postfix(fvu=f"{summary['fvu']:.3f}", l0=f"{summary['l0']:.1f}",
-                                dead=f"{summary['dead_fraction']:.2%}")
+                bar.set_postfix(
+                    fvu=f"{summary['fvu']:.3f}",
+                    l0=f"{summary['l0']:.1f}",
+                    dead=f"{summary['dead_fraction']:.2%}",
+                )
             self.maybe_checkpoint()
         bar.close()
 
@@ -101,7 +130,9 @@ class Trainer:
         from saekit.sae import constrained_adam_step
 
         if not torch.isfinite(batch.acts).all():
-            raise DataError(f"step {self.step_count}: batch contains NaN/inf activations; re-collect the cache")
+            raise DataError(
+                f"step {self.step_count}: batch contains NaN/inf activations; re-collect the cache"
+            )
         batch.acts = self.sae.scale_input(batch.acts)
         if batch.grads is not None:  # dL/d(c·x) = (dL/dx) / c: gradients live in the scaled space too
             batch.grads = batch.grads.float() / self.sae.act_scale
@@ -120,9 +151,13 @@ class Trainer:
         elapsed = time.perf_counter() - self._window_start
         keys = self._window[0].keys()
         summary = {key: sum(r[key] for r in self._window) / len(self._window) for key in keys}
-        summary.update(step=self.step_count, tokens=self.tokens, lr=self.lr,
-                       dead_fraction=self.tracker.dead_fraction(),
-                       tokens_per_s=len(self._window) * self.cfg.batch_size / max(elapsed, 1e-9))
+        summary.update(
+            step=self.step_count,
+            tokens=self.tokens,
+            lr=self.lr,
+            dead_fraction=self.tracker.dead_fraction(),
+            tokens_per_s=len(self._window) * self.cfg.batch_size / max(elapsed, 1e-9),
+        )
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(summary) + "\n")
         self._window, self._window_start = [], time.perf_counter()
@@ -151,11 +186,15 @@ class Trainer:
         from saekit.sae import Sae
 
         if step_dir is None:
-            raise RunDirError(f"--resume: {self.run_dir}/checkpoints has no checkpoint; start without --resume")
+            raise RunDirError(
+                f"--resume: {self.run_dir}/checkpoints has no checkpoint; start without --resume"
+            )
         saved = Sae.load(step_dir / "sae", device=self.cfg.device)
         if saved.d_in != self.sae.d_in or saved.d_sae != self.sae.d_sae:
-            raise DataError(f"--resume: checkpoint has d_in={saved.d_in}, d_sae={saved.d_sae} but the data "
-                            f"gives d_in={self.sae.d_in}, d_sae={self.sae.d_sae}; use the cache it was trained on")
+            raise DataError(
+                f"--resume: checkpoint has d_in={saved.d_in}, d_sae={saved.d_sae} but the data "
+                f"gives d_in={self.sae.d_in}, d_sae={self.sae.d_sae}; use the cache it was trained on"
+            )
         self.sae.load_state_dict(saved.state_dict())
         self.sae.act_scale = saved.act_scale
         state = load_trainer_state(step_dir, self.optimizer)
@@ -170,11 +209,15 @@ class Trainer:
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / "config.yaml").is_file():
-            raise RunDirError(f"--resume: {run_dir} is not a run directory (no config.yaml); "
-                              "start a new run without --resume")
+            raise RunDirError(
+                f"--resume: {run_dir} is not a run directory (no config.yaml); "
+                "start a new run without --resume"
+            )
     elif (run_dir / "final").exists() or (run_dir / "checkpoints").exists():
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
-                          f"run_dir=... (nothing was overwritten)")
+        raise RunDirError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+            f"run_dir=... (nothing was overwritten)"
+        )
 
 
 def _save_final(sae, path: Path) -> None:

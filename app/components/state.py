@@ -1,0 +1,265 @@
+"""Cached loaders and the app-wide run selection, shared by every page.
+
+Models, SAEs and indexes are `st.cache_resource` (one instance per process, never copied); tables read
+from disk are `st.cache_data`, keyed by the file's modification time so a re-run `saekit eval` or
+`saekit index` shows up on the next rerun. App-level session keys start with `app_`.
+
+    run = selected_run()                  # RunInfo of the sidebar selection, or None (message shown)
+    index = load_index(run.path)          # LatentIndex, or None when the run has no index
+    model, sae = load_model_and_sae(run.path)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from saekit.analysis import LatentIndex, SteeringResult, coefficient_sweep, encode_text, output_score, steer
+from saekit.errors import SaekitError
+from saekit.eval.metrics import log_density_histogram
+from saekit.runs import RunInfo, list_runs, load_eval, load_metrics, load_run_sae, run_model_name
+
+RUNS_ENV = "SAEKIT_RUNS_DIR"
+
+
+def runs_dir_argument() -> str:
+    """RUNS_DIR from `streamlit run app/streamlit_app.py -- --runs-dir DIR`, else $SAEKIT_RUNS_DIR, else
+    ./runs. Only the exact flag is looked for, so foreign argv (pytest's, under AppTest) is ignored."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--runs-dir", default=None)
+    known, _ = parser.parse_known_args(sys.argv[1:])
+    return known.runs_dir or os.environ.get(RUNS_ENV) or "runs"
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _cached_runs(runs_dir: str) -> list[RunInfo]:
+    # short ttl: new runs appear within half a minute without restarting the app
+    return list_runs(runs_dir)
+
+
+def discover_runs(runs_dir: str) -> tuple[list[RunInfo], str | None]:
+    """(runs, error message); the message carries the fix from `saekit.runs`."""
+    try:
+        return _cached_runs(str(Path(runs_dir).expanduser().resolve())), None
+    except SaekitError as err:
+        return [], str(err)
+
+
+def _keep(widget_key: str, store_key: str) -> None:
+    st.session_state[store_key] = st.session_state[widget_key]
+
+
+def sidebar_run_picker() -> None:
+    """Runs-dir box and run selector in the sidebar.
+
+    The choices live in plain session keys (`app_runs_dir`, `app_run`) copied from the widgets on change:
+    Streamlit drops a widget's state on a run that does not render it (page switches included), while a
+    plain key persists for the whole session.
+    """
+    if "app_runs_dir" not in st.session_state:
+        st.session_state["app_runs_dir"] = runs_dir_argument()
+    st.session_state["app_runs_dir_box"] = st.session_state["app_runs_dir"]
+    st.sidebar.text_input("Runs directory", key="app_runs_dir_box", on_change=_keep,
+                          args=("app_runs_dir_box", "app_runs_dir"))
+    runs, error = discover_runs(st.session_state["app_runs_dir"])
+    if error:
+        st.sidebar.error(error)
+        st.session_state["app_run_error"] = error
+        return
+    st.session_state.pop("app_run_error", None)
+    names = [run.name for run in runs]
+    if st.session_state.get("app_run") not in names:
+        st.session_state["app_run"] = names[0]
+    st.session_state["app_run_box"] = st.session_state["app_run"]
+    st.sidebar.selectbox("Run", names, key="app_run_box", on_change=_keep, args=("app_run_box", "app_run"))
+    run = next(r for r in runs if r.name == st.session_state["app_run"])
+    if run.error:
+        st.sidebar.warning(f"config.yaml of {run.name} is unreadable: {run.error}")
+
+
+def all_runs() -> list[RunInfo]:
+    runs, _ = discover_runs(st.session_state.get("app_runs_dir") or runs_dir_argument())
+    return runs
+
+
+def selected_run() -> RunInfo | None:
+    """The sidebar's run, or None after showing why there is none (missing/empty runs dir)."""
+    error = st.session_state.get("app_run_error")
+    runs = all_runs()
+    if error or not runs:
+        st.error(error or "no runs found")
+        return None
+    name = st.session_state.get("app_run")
+    return next((r for r in runs if r.name == name), runs[0])
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _metrics(path: str, stamp: float) -> list[dict[str, Any]]:
+    return load_metrics(path)
+
+
+def metrics_of(run: RunInfo) -> list[dict[str, Any]]:
+    return _metrics(str(run.path), _mtime(run.path / "metrics.jsonl"))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _eval(path: str, stamp: float) -> dict[str, Any] | None:
+    return load_eval(path)
+
+
+def eval_of(run: RunInfo) -> dict[str, Any] | None:
+    try:
+        return _eval(str(run.path), _mtime(run.path / "eval.json"))
+    except SaekitError as err:
+        st.warning(str(err))
+        return None
+
+
+# ---------------------------------------------------------------------------------------- resources
+
+
+@st.cache_resource(show_spinner="Opening the latent index…", max_entries=8)
+def _index(path: str, stamp: float) -> LatentIndex:
+    return LatentIndex.open(path)
+
+
+def load_index(run: RunInfo) -> LatentIndex | None:
+    """The run's latent index, or None (with the `saekit index` command to build it)."""
+    if not (run.path / "index" / "index.json").is_file():
+        st.info(f"{run.name} has no latent index yet; build it with `saekit index {run.path}`.")
+        return None
+    try:
+        return _index(str(run.path), _mtime(run.path / "index" / "index.json"))
+    except SaekitError as err:
+        st.error(str(err))
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _model_name(run_path: str) -> str:
+    return run_model_name(run_path)
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def _model(name: str) -> Any:
+    # keyed by model name, so runs that share a model share one loaded copy; imported here because
+    # TransformerLens takes seconds to import and the overview pages never need it
+    from saekit.models import load_model
+
+    return load_model(name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _sae(run_path: str, stamp: float) -> Any:
+    return load_run_sae(run_path)
+
+
+def load_model_and_sae(run: RunInfo) -> tuple[Any, Any] | None:
+    """(model, SAE in inference mode) for live encoding and steering, or None after an error message."""
+    try:
+        sae = _sae(str(run.path), sae_stamp(run))
+        model = _model(_model_name(str(run.path)))
+    except SaekitError as err:
+        st.error(str(err))
+        return None
+    return model, sae
+
+
+@st.cache_data(show_spinner="Encoding the text…", max_entries=32)
+def _encoded(run_path: str, stamp: float, text: str) -> Any:
+    sae = _sae(run_path, stamp)
+    model = _model(_model_name(run_path))
+    return encode_text(model, sae, text)
+
+
+def encode_live(run: RunInfo, text: str) -> Any:
+    """`encode_text` of the run's model + SAE on `text` (cached per text), or None after an error."""
+    try:
+        return _encoded(str(run.path), sae_stamp(run), text)
+    except SaekitError as err:
+        st.error(str(err))
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _log_density(index_dir: str, stamp: float) -> tuple[list[int], list[float]]:
+    return log_density_histogram(_index(str(Path(index_dir).parent), stamp).densities())
+
+
+def index_log_density(run: RunInfo) -> tuple[list[int], list[float]]:
+    """(counts, edges) of log10 firing frequency over the index's latents (the eval.json convention)."""
+    return _log_density(str(run.path / "index"), _mtime(run.path / "index" / "index.json"))
+
+
+# ---------------------------------------------------------------------------------------- steering
+
+
+def sae_stamp(run: RunInfo) -> float:
+    """Cache key part that changes when the run's final SAE is rewritten."""
+    return _mtime(run.path / "final" / "sae.safetensors")
+
+
+def checkpoint_stamp(run: RunInfo) -> float:
+    """Cache key part that changes when a new training checkpoint appears."""
+    return _mtime(run.path / "checkpoints")
+
+
+def load_run_sae_cached(run_path: str, stamp: float) -> Any:
+    """The shared cached SAE (for cached computations inside pages)."""
+    return _sae(run_path, stamp)
+
+
+@st.cache_data(show_spinner="Generating default and steered text…", max_entries=32)
+def _steer(run_path: str, stamp: float, prompt: str, latents: tuple, max_new_tokens: int, seed: int,
+           temperature: float) -> SteeringResult:
+    model, sae = _model(_model_name(run_path)), _sae(run_path, stamp)
+    return steer(model, sae, prompt, dict(latents), max_new_tokens=max_new_tokens, seed=seed,
+                 temperature=temperature)
+
+
+@st.cache_data(show_spinner="Sweeping coefficients…", max_entries=32)
+def _sweep(run_path: str, stamp: float, prompt: str, latent: int, coefs: tuple, target: str | None) -> list:
+    model, sae = _model(_model_name(run_path)), _sae(run_path, stamp)
+    return coefficient_sweep(model, sae, prompt, latent, list(coefs), target_token=target)
+
+
+@st.cache_data(show_spinner="Scoring the latent's output effect…", max_entries=256)
+def _output_score(run_path: str, stamp: float, latent: int) -> dict[str, float]:
+    model, sae = _model(_model_name(run_path)), _sae(run_path, stamp)
+    return output_score(model, sae, latent)
+
+
+def _guarded(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except SaekitError as err:
+        st.error(str(err))
+        return None
+
+
+def steer_live(run: RunInfo, prompt: str, latents: dict[int, float], max_new_tokens: int, seed: int,
+               temperature: float) -> SteeringResult | None:
+    """`saekit.analysis.steer` on the run's model + SAE, cached per request."""
+    key = tuple(sorted(latents.items()))
+    return _guarded(_steer, str(run.path), sae_stamp(run), prompt, key, max_new_tokens, seed, temperature)
+
+
+def sweep_live(run: RunInfo, prompt: str, latent: int, coefs: list[float], target: str | None) -> list | None:
+    """`coefficient_sweep` rows (KL, target logit, ... per coefficient), cached per request."""
+    return _guarded(_sweep, str(run.path), sae_stamp(run), prompt, latent, tuple(coefs), target or None)
+
+
+def output_score_live(run: RunInfo, latent: int) -> dict[str, float] | None:
+    return _guarded(_output_score, str(run.path), sae_stamp(run), latent)

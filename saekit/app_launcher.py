@@ -1,0 +1,81 @@
+"""`saekit app [RUNS_DIR]`: serve the Streamlit workbench (`app/streamlit_app.py`) on 127.0.0.1.
+
+The app is a source-tree directory, not package data: it is found next to the installed package (saekit
+is installed editable from the repository), in the working directory, or at $SAEKIT_APP_DIR. Usage
+statistics are off three ways (flag, environment, app/.streamlit/config.toml), because with them on the
+browser calls an external metrics URL.
+
+    launch_app(Path("runs"), port=8501)                      # blocks until the server stops
+    cmd, env, cwd = app_command(Path("runs"), port=0)         # what tests start themselves
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from saekit.errors import SaekitError
+
+logger = logging.getLogger(__name__)
+
+APP_ENV = "SAEKIT_APP_DIR"
+RUNS_ENV = "SAEKIT_RUNS_DIR"
+ENTRY = "streamlit_app.py"
+
+
+class AppNotFoundError(SaekitError, FileNotFoundError):
+    """The Streamlit app directory (app/streamlit_app.py) is not where saekit looks for it."""
+
+
+def find_app_dir() -> Path:
+    """The directory holding streamlit_app.py: $SAEKIT_APP_DIR, the repository beside the installed
+    package, or ./app; raises AppNotFoundError naming every place it looked."""
+    import saekit
+
+    candidates = []
+    if os.environ.get(APP_ENV):
+        candidates.append(Path(os.environ[APP_ENV]).expanduser())
+    candidates.append(Path(saekit.__file__).resolve().parent.parent / "app")
+    candidates.append(Path.cwd() / "app")
+    for directory in candidates:
+        if (directory / ENTRY).is_file():
+            return directory.resolve()
+    looked = ", ".join(str(d) for d in candidates)
+    raise AppNotFoundError(
+        f"cannot find the saekit app ({ENTRY}); looked in {looked}. The app ships with the source "
+        f"repository: install saekit editable from a checkout (`pip install -e .`), run from the "
+        f"repository root, or set {APP_ENV}=/path/to/saekit/app"
+    )
+
+
+def app_command(
+    runs_dir: Path, *, port: int = 8501, address: str = "127.0.0.1"
+) -> tuple[list[str], dict[str, str], Path]:
+    """(argv, environment, working directory) that serve the app for `runs_dir`."""
+    app_dir = find_app_dir()
+    runs = Path(runs_dir).expanduser().resolve()
+    argv = [
+        sys.executable, "-m", "streamlit", "run", str(app_dir / ENTRY),
+        "--server.address", address,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+        "--", "--runs-dir", str(runs),
+    ]  # fmt: skip
+    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", RUNS_ENV: str(runs)}
+    # app/ as the working directory makes streamlit read app/.streamlit/config.toml
+    return argv, env, app_dir
+
+
+def launch_app(runs_dir: Path, port: int = 8501, *, address: str = "127.0.0.1") -> int:
+    """Check RUNS_DIR, then run the Streamlit server in the foreground; returns its exit code."""
+    from saekit.runs import list_runs
+
+    runs = list_runs(runs_dir)  # fails fast, with the fix, on a missing or empty runs directory
+    argv, env, cwd = app_command(runs_dir, port=port, address=address)
+    logger.info("serving %d run(s) from %s at http://%s:%d", len(runs), runs_dir, address, port)
+    return subprocess.run(argv, env=env, cwd=cwd, check=False).returncode

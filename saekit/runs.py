@@ -1,0 +1,338 @@
+"""Discovery of training runs under a RUNS_DIR, and read-only loaders for what each run wrote.
+
+A run is a directory holding `config.yaml` (written by `saekit train`) and an SAE checkpoint (`final/`,
+or `checkpoints/step_*/sae` while training is unfinished). Runs may be nested (`runs/demo/topk`). The
+app and notebooks read runs only through this module and `saekit.analysis`.
+
+    runs = list_runs("runs")                          # [RunInfo(name="demo/topk", ...)], sorted by name
+    rows = runs_table(runs)                           # one summary dict per run (method, FVU, L0, ...)
+    curves = load_metrics(runs[0].path)               # metrics.jsonl as a list of dicts
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saekit.errors import RunDirError
+
+logger = logging.getLogger(__name__)
+
+MAX_DEPTH = 4
+"""How deep below RUNS_DIR to look for runs (runs/<group>/<name> is depth 2)."""
+_NOT_RUNS = {"final", "checkpoints", "index", "cache", "__pycache__"}
+"""Sub-directories of a run (or caches) that never hold another run; skipping them keeps discovery fast."""
+
+
+@dataclass
+class RunInfo:
+    """What a run directory holds. `error` is set (and `config` empty) when config.yaml is unreadable."""
+
+    name: str
+    """Path relative to RUNS_DIR ('.' when RUNS_DIR is itself a run)."""
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+    """True when `final/` exists (training completed)."""
+    has_eval: bool = False
+    has_index: bool = False
+    has_metrics: bool = False
+    error: str | None = None
+
+
+def list_runs(runs_dir: str | Path) -> list[RunInfo]:
+    """Every run under `runs_dir` (or `runs_dir` itself if it is a run), sorted by name.
+
+    A run whose config.yaml cannot be parsed is still listed, with `error` saying why, so one broken run
+    never hides the others.
+    """
+    root = Path(runs_dir).expanduser()
+    if not root.is_dir():
+        raise RunDirError(
+            f"runs directory {root} does not exist; pass the directory your runs live in "
+            "(e.g. `saekit app runs`), or train one with `saekit train CONFIG.yaml run_dir=runs/NAME`"
+        )
+    found = [_run_info(root, p) for p in sorted(_candidate_dirs(root, 0))]
+    if not found:
+        raise RunDirError(
+            f"no runs under {root}: a run is a directory with config.yaml and final/ (written by "
+            "`saekit train`); train one with `saekit train CONFIG.yaml run_dir="
+            f"{root / 'NAME'}` or point at another directory"
+        )
+    return found
+
+
+def _candidate_dirs(directory: Path, depth: int) -> list[Path]:
+    if _is_run(directory):
+        return [directory]  # a run's own sub-directories are its checkpoints, never other runs
+    if depth >= MAX_DEPTH:
+        return []
+    out: list[Path] = []
+    for child in directory.iterdir():
+        if child.is_dir() and not child.name.startswith(".") and child.name not in _NOT_RUNS:
+            out += _candidate_dirs(child, depth + 1)
+    return out
+
+
+def _is_run(directory: Path) -> bool:
+    if not (directory / "config.yaml").is_file():
+        return False
+    return (directory / "final").is_dir() or any((directory / "checkpoints").glob("step_*/sae/cfg.json"))
+
+
+def _run_info(root: Path, path: Path) -> RunInfo:
+    from saekit.analysis.format import INDEX_DIR, META_FILE
+
+    name = str(path.relative_to(root)) if path != root else "."
+    info = RunInfo(
+        name=name,
+        path=path,
+        finished=(path / "final" / "cfg.json").is_file(),
+        has_eval=(path / "eval.json").is_file(),
+        has_index=(path / INDEX_DIR / META_FILE).is_file(),
+        has_metrics=(path / "metrics.jsonl").is_file(),
+    )
+    try:
+        info.config = load_run_config(path)
+    except Exception as err:  # any parse/validation problem: show it on the run, keep listing the rest
+        info.error = f"{type(err).__name__}: {err}"
+        logger.warning("run %s: %s", path, info.error)
+    return info
+
+
+# ---------------------------------------------------------------------------------------- per-run files
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's resolved training config (validated through `TrainConfig`) as a plain dict."""
+    from saekit.config import to_dict
+    from saekit.eval.evaluate import load_train_config
+
+    return to_dict(load_train_config(Path(run_dir)))
+
+
+def load_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.jsonl as a list of rows ([] when the run logged nothing yet).
+
+    A line that does not parse is skipped with a warning: the trainer may be appending to it right now.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("%s line %d is not JSON (still being written?); skipped", path, number)
+    return rows
+
+
+def load_eval(run_dir: str | Path) -> dict[str, Any] | None:
+    """eval.json, or None when the run has not been evaluated (`saekit eval RUN` writes it)."""
+    path = Path(run_dir) / "eval.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDirError(f"{path} is not valid JSON ({err}); re-run `saekit eval {run_dir}`") from None
+
+
+def latest_trainer_state(run_dir: str | Path) -> dict[str, Any] | None:
+    """trainer_state.json of the newest checkpoint (step, tokens, dead_tracker, ...), or None."""
+    from saekit.train.checkpoint import latest_checkpoint
+
+    step_dir = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if step_dir is None or not (step_dir / "trainer_state.json").is_file():
+        return None
+    state = json.loads((step_dir / "trainer_state.json").read_text())
+    state.pop("optimizer_meta", None)  # large and of no use to a reader
+    state["checkpoint"] = str(step_dir)
+    return state
+
+
+# ---------------------------------------------------------------------------------------- summaries
+
+
+def method_name(config: dict[str, Any]) -> str:
+    """A short method label: the objective when it is not plain TopK+AuxK, else the activation."""
+    sae = config.get("sae") or {}
+    activation, objective = sae.get("activation", "?"), config.get("objective", "topk_auxk")
+    if objective in ("topk_auxk", activation):
+        return activation
+    return f"{objective} ({activation})"
+
+
+def eval_headline(result: dict[str, Any] | None) -> dict[str, Any]:
+    """FVU, L0, dead fraction (held-out, else cached rows) and CE recovered from an eval.json dict."""
+    if not result:
+        return {"fvu": None, "l0": None, "dead_fraction": None, "ce_recovered": None, "kl": None}
+    part = result.get("heldout") or result.get("cached") or {}
+    splice = result.get("splice") or {}
+    return {
+        "fvu": part.get("fvu"),
+        "l0": part.get("l0_mean"),
+        "dead_fraction": part.get("dead_fraction"),
+        "ce_recovered": (splice.get("ce_recovered") or {}).get("zero_ablation"),
+        "kl": (splice.get("kl") or {}).get("sae"),
+    }
+
+
+def runs_table(runs: list[RunInfo]) -> list[dict[str, Any]]:
+    """One row per run: name, method, d_sae, k, tokens trained, FVU, L0, dead %, CE recovered, status."""
+    rows = []
+    for run in runs:
+        cfg, result = run.config, None
+        if run.has_eval:
+            try:
+                result = load_eval(run.path)
+            except RunDirError as err:
+                logger.warning("%s", err)
+        head = eval_headline(result)
+        sae = cfg.get("sae") or {}
+        d_sae = ((result or {}).get("sae") or {}).get("d_sae") or sae.get("d_sae")
+        dead = head["dead_fraction"]
+        rows.append(
+            {
+                "name": run.name,
+                "method": method_name(cfg) if cfg else "?",
+                "d_sae": d_sae,
+                "k": sae.get("k"),
+                "tokens": cfg.get("total_tokens"),
+                "FVU": head["fvu"],
+                "L0": head["l0"],
+                "dead %": None if dead is None else 100.0 * dead,
+                "CE recovered": head["ce_recovered"],
+                "status": _status(run),
+            }
+        )
+    return rows
+
+
+def _status(run: RunInfo) -> str:
+    if run.error:
+        return "broken config"
+    parts = ["finished" if run.finished else "training"]
+    parts += [] if run.has_eval else ["no eval"]
+    parts += [] if run.has_index else ["no index"]
+    return ", ".join(parts)
+
+
+_RECON_ROWS = (
+    ("FVU", "fvu", 1.0),
+    ("explained variance (1 - FVU)", "explained_variance", 1.0),
+    ("L0 (mean active latents)", "l0_mean", 1.0),
+    ("dead latents %", "dead_fraction", 100.0),
+    ("dense latents %", "dense_fraction", 100.0),
+    ("cosine similarity", "cosine_similarity", 1.0),
+    ("L2 ratio", "l2_ratio", 1.0),
+    ("relative reconstruction bias", "relative_reconstruction_bias", 1.0),
+)
+
+
+def eval_table_rows(result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """eval.json as table rows {metric, cached, heldout}: reconstruction metrics on both row sets, then
+    the spliced CE / KL numbers (held-out text only). The same content as `format_eval_table`."""
+    if not result:
+        return []
+    cached, heldout = result.get("cached") or {}, result.get("heldout") or {}
+    scaled = lambda d, key, f: None if d.get(key) is None else d[key] * f
+    rows = [
+        {"metric": label, "cached": scaled(cached, key, f), "heldout": scaled(heldout, key, f)}
+        for label, key, f in _RECON_ROWS
+    ]
+    splice = result.get("splice") or {}
+    for group, label in (("ce_loss", "CE"), ("ce_recovered", "CE recovered"), ("kl", "KL"),
+                         ("kl_score", "KL score")):
+        for key, value in (splice.get(group) or {}).items():
+            rows.append({"metric": f"{label} ({key.replace('_', ' ')})", "cached": None, "heldout": value})
+    return rows
+
+
+LEVEL_KEYS = ("levels", "per_level", "per_prefix", "prefixes", "per_k")
+"""Keys under which eval.json may hold per-prefix (Matryoshka) or per-k (multi/hierarchical) metrics."""
+
+
+def eval_levels(result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-prefix / per-k rows from eval.json when present (else []).
+
+    Accepted shapes, at the top level or under `heldout`/`cached`: a list of dicts, or a dict mapping the
+    level (prefix width or k) to a dict of metrics. Each returned row has `level` plus the metrics.
+    """
+    if not result:
+        return []
+    for holder in (result, result.get("heldout") or {}, result.get("cached") or {}):
+        for key in LEVEL_KEYS:
+            value = holder.get(key)
+            rows = _level_rows(value)
+            if rows:
+                return rows
+    return []
+
+
+def _level_rows(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, dict) and isinstance(value.get("rows"), list):
+        value = value["rows"]  # a {"kind": ..., "rows": [...]} wrapper
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return [{"level": v.get("level", v.get("k", v.get("prefix", i))), **v} for i, v in enumerate(value)]
+    if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        return [{"level": _maybe_int(k), **v} for k, v in value.items()]
+    return []
+
+
+def _maybe_int(key: Any) -> Any:
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        return key
+
+
+# ---------------------------------------------------------------------------------------- model + SAE
+
+
+def run_model_name(run_dir: str | Path) -> str:
+    """The name `load_model` takes for the run's model: as recorded by collection (cache manifest) or
+    the live config, the same way `saekit eval` chooses it; falls back to the SAE's recorded model id."""
+    from saekit.config import EvalConfig
+    from saekit.eval.evaluate import find_checkpoint, load_train_config, plan_heldout
+
+    run_dir = Path(run_dir)
+    train_cfg = load_train_config(run_dir)
+    try:
+        manifest = None
+        if train_cfg.cache_dir is not None:
+            from saekit.activations import open_cache
+
+            manifest = open_cache(train_cfg.cache_dir, train_cfg.hookpoint).manifest
+        return plan_heldout(train_cfg, manifest, EvalConfig()).model
+    except Exception as err:  # cache moved or deleted: the SAE's own record is the next best source
+        cfg = json.loads((find_checkpoint(run_dir) / "cfg.json").read_text())
+        name = cfg.get("model_id") or cfg.get("model")
+        if not name:
+            raise RunDirError(
+                f"cannot tell which model {run_dir} was trained on ({err}); restore its activation cache "
+                "or record model_id in the SAE's cfg.json"
+            ) from err
+        logger.warning("run %s: using the SAE's model id %r (%s)", run_dir, name, err)
+        return "embedded" if str(name).startswith("embedded:") else str(name)
+
+
+def load_run_sae(run_dir: str | Path) -> Any:
+    """The run's SAE (final/, else the newest checkpoint) in inference mode."""
+    from saekit.eval.evaluate import find_checkpoint
+    from saekit.sae import Sae
+
+    return Sae.load(find_checkpoint(Path(run_dir))).eval()
+
+
+def load_run_model(run_dir: str | Path) -> Any:
+    """The model the run's SAE reads, loaded by the name collection recorded."""
+    from saekit.models import load_model
+
+    return load_model(run_model_name(run_dir))

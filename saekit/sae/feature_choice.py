@@ -1,0 +1,123 @@
+"""Feature Choice (Ayonrinde 2024, algorithms.md §4): every latent picks its m best tokens of the batch.
+
+Training: M[:, i] = top_m(h[:, i]) over the batch, positive entries only, so each latent fires on at most m
+tokens and a token may get zero latents. m = cfg.fc_tokens_per_latent, or ceil(k·B/d_sae) to match the
+Mutual-Choice budget of k per token on average. Training mode also learns per-latent inference thresholds
+θ_i = EMA (rate cfg.threshold_ema, fp64 arithmetic, fp32 storage in `sae.threshold`) of latent i's m-th
+largest activation, clamped at 0. Inference is z_i = h_i·1[h_i > θ_i], one token at a time.
+
+    sae = Sae(d_in, SaeConfig(activation="feature_choice", k=32))       # m = ceil(32·B / d_sae)
+    code = sae.encode(x, training=True)       # ≤ m tokens per latent; updates sae.threshold
+    code = sae.encode(x, training=False)      # per-latent thresholds, batch-independent
+
+Choices made here (documented, not from the paper):
+- With fc_tokens_per_latent unset and k·B < d_sae, m would have to be < 1: that is a ConfigError naming
+  both fixes (a larger batch, or an explicit m such as 1, which accepts an average L0 of about d_sae/B).
+  An explicit m larger than the batch is capped at the batch size.
+- A latent with fewer than m positive tokens fires on all of them, i.e. its effective threshold is 0,
+  hence the clamp of the observed m-th value at 0.
+- The first training batch sets θ directly; until then inference falls back to per-row TopK(k)
+  (see `saekit.sae.batchtopk`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from saekit.config import SaeConfig
+from saekit.errors import ConfigError
+from saekit.kernels import encode_selected
+from saekit.sae.activations import Encoded, Selection, register_activation
+from saekit.sae.batchtopk import ThresholdInference, ema_update_
+from saekit.types import Batch, SparseCode
+
+if TYPE_CHECKING:
+    from saekit.sae.model import Sae
+
+logger = logging.getLogger(__name__)
+
+
+@register_activation("feature_choice")
+class FeatureChoice(ThresholdInference):
+    """Each latent keeps its top-m positive tokens of the batch; thresholds θ_i for single-token inference."""
+
+    def __init__(self, cfg: SaeConfig) -> None:
+        super().__init__(cfg)
+        if cfg.fc_tokens_per_latent is not None and cfg.fc_tokens_per_latent < 1:
+            raise ConfigError(
+                f"sae.fc_tokens_per_latent must be >= 1 (or null for ceil(k·batch/d_sae)), "
+                f"got {cfg.fc_tokens_per_latent}"
+            )
+        if not 0 < cfg.threshold_ema <= 1:
+            raise ConfigError(f"sae.threshold_ema must be in (0, 1], got {cfg.threshold_ema}")
+
+    def tokens_per_latent(self, n_rows: int, d_sae: int) -> int:
+        """m for a batch of n_rows tokens (at most n_rows)."""
+        m = self.cfg.fc_tokens_per_latent
+        if m is None:
+            if self.k * n_rows < d_sae:
+                raise ConfigError(
+                    f"feature_choice: k·batch = {self.k}·{n_rows} < d_sae = {d_sae}, so the default "
+                    f"m = ceil(k·batch/d_sae) would be below 1; raise batch_size to at least "
+                    f"{math.ceil(d_sae / self.k)}, or set sae.fc_tokens_per_latent explicitly (e.g. 1, which "
+                    f"gives an average L0 near d_sae/batch = {d_sae / n_rows:.1f} instead of k)"
+                )
+            m = math.ceil(self.k * n_rows / d_sae)
+        return min(m, n_rows)
+
+    def select(
+        self, h: Float[Tensor, "batch d_sae"], *, sae: Sae, batch: Batch | None, training: bool
+    ) -> Selection:
+        if not training:
+            return self.inference_select(h, sae)
+        return self.select_latent_major(h.t(), sae)
+
+    @torch.no_grad()
+    def select_latent_major(self, h_t: Float[Tensor, "d_sae batch"], sae: Sae) -> Selection:
+        """Training selection from the transposed pre-activations (one row per latent)."""
+        d_sae, n_rows = h_t.shape
+        m = self.tokens_per_latent(n_rows, d_sae)
+        values, rows = torch.topk(h_t, m, dim=1, sorted=False)  # [d_sae, m]
+        mth_largest = values.min(dim=1).values.clamp_min(0.0)
+        ema_update_(sae.threshold, mth_largest, self.cfg.threshold_ema)
+        keep = values > 0  # positive affinities only: a token may end up with no latent at all
+        latents = torch.arange(d_sae, device=h_t.device).unsqueeze(1).expand_as(rows)
+        return Selection.from_entries(rows[keep], latents[keep], values[keep], n_rows)
+
+    def encode(
+        self,
+        sae: Sae,
+        x: Float[Tensor, "batch d_in"],
+        *,
+        batch: Batch | None,
+        training: bool,
+        aux_columns: Int[Tensor, " n_aux"] | None = None,
+        keep_pre_acts: bool = False,
+    ) -> Encoded:
+        """Training computes hᵀ = W_encᵀ(x − b_dec)ᵀ + b_enc directly, latent-major, so the per-latent
+        top-m runs along contiguous rows: measured at B=4096, d_sae=16384, m=8 on 2 cores, top-m along
+        dim 0 of h took 0.57-0.88 s versus 0.11-0.17 s on hᵀ, and the transposed GEMM costs the same.
+        Otherwise this is the base template: select, slice AuxK columns, free h, sparse-grad ReLU code."""
+        if not training:
+            return super().encode(
+                sae, x, batch=batch, training=False, aux_columns=aux_columns, keep_pre_acts=keep_pre_acts
+            )
+        x = x.to(sae.W_enc.dtype)
+        with torch.no_grad():
+            h_t = torch.addmm(sae.b_enc.unsqueeze(1), sae.W_enc.t(), (x - sae.b_dec).t())
+            sel = self.select_latent_major(h_t, sae)
+            aux = h_t.index_select(0, aux_columns).t().contiguous() if aux_columns is not None else None
+            dense = h_t.t() if keep_pre_acts else None
+            del h_t  # the biggest buffer of the step; free it before backward
+        pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.rows, sel.indices, sel.pre_acts)
+        code = SparseCode(torch.relu(pre), sel.indices, sel.offsets, sae.d_sae)
+        return Encoded(code, dense, aux)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "fc_tokens_per_latent": self.cfg.fc_tokens_per_latent}

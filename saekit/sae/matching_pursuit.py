@@ -1,0 +1,234 @@
+"""MP-SAE (Costa et al. 2025; algorithms.md §7): the encoder is an unrolled matching pursuit over the
+decoder's own unit-norm rows.
+
+Tied dictionary: D = W_dec encodes *and* decodes; W_enc and b_enc are never read. The checkpoint keeps the
+usual tensors so the format stays one: the `mp` objective copies W_decᵀ into W_enc after every optimiser
+step, so a saved W_enc is exactly the tied encoder (W_enc = W_decᵀ), and b_enc stays at its initial zero.
+T = `sae.activation.steps` (cfg.mp_steps, else k) can be changed at inference; L0 ≤ T because an atom can
+be picked more than once (its coefficients are then summed into one code entry).
+
+Pursuit (no grad): r ← x − b_dec; T times: c = r Dᵀ, j = argmax c, coef = ⟨r, d_j⟩, r ← r − coef·d_j.
+Gradients: a second, differentiable pass recomputes the T coefficients along the chosen atoms — B×d_in
+residuals under ordinary autograd, one gather of the B×T atoms — and the code is decoded by
+`sparse_decode`; no dense [B, d_sae] tensor is ever part of the graph (only the no-grad correlations).
+Correlations are either recomputed by a GEMM per step or, when cheaper, updated through the Gram matrix
+G = D Dᵀ (c ← c − coef·G[j]), cached at inference while W_dec is unchanged.
+
+    sae = Sae(d_in, SaeConfig(activation="mp", k=16, k_aux=0))     # train with objective: mp
+    sae.activation.steps = 32                                       # more atoms at inference
+    result = matching_pursuit(x, sae.W_dec, sae.b_dec, steps=8, keep_residuals=True)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from saekit.config import SaeConfig
+from saekit.errors import ConfigError
+from saekit.sae.activations import Activation, Encoded, Selection, register_activation
+from saekit.train.objectives import StepOutput, register_objective, topk_auxk_objective
+from saekit.types import Batch, SparseCode
+
+if TYPE_CHECKING:
+    from saekit.sae.model import Sae
+
+logger = logging.getLogger(__name__)
+
+GRAM_MAX_ELEMENTS = 2**28
+"""Largest Gram matrix (d_sae²) the pursuit may build: 1 GiB in fp32, i.e. d_sae ≤ 16384."""
+GRAM_COST_MARGIN = 0.75
+"""Build G only when d_sae ≤ margin·(T − 1)·B: G costs d_sae/B encoder GEMMs and saves T − 1 of them,
+while each Gram step (a [B, d_sae] row gather and update) is memory-bound and far below a GEMM."""
+
+
+@dataclass
+class Pursuit:
+    """Result of `matching_pursuit`: the atom and coefficient chosen at every step, and the residual."""
+
+    indices: Int[Tensor, "batch steps"]
+    coefs: Float[Tensor, "batch steps"]
+    residual: Float[Tensor, "batch d_in"]
+    """r_T = x − b_dec − Σ_t coef_t d_{j_t}."""
+    residuals: list[Tensor] | None = None
+    """r_1 … r_T (only with keep_residuals=True)."""
+
+
+def _pursuit_step(r: Tensor, atoms: Tensor) -> tuple[Tensor, Tensor]:
+    """coef = ⟨r, d⟩ per row and r − coef·d; shared by the search and the differentiable pass."""
+    coef = (r * atoms).sum(dim=1)
+    return coef, r - coef.unsqueeze(1) * atoms
+
+
+def use_gram(d_sae: int, batch: int, steps: int, cached: bool) -> bool:
+    """Whether correlations should be updated through G = D Dᵀ rather than recomputed by a GEMM per step."""
+    if steps <= 1 or d_sae * d_sae > GRAM_MAX_ELEMENTS:
+        return False
+    return cached or d_sae <= GRAM_COST_MARGIN * (steps - 1) * batch
+
+
+@torch.no_grad()
+def matching_pursuit(
+    x: Float[Tensor, "batch d_in"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    b_dec: Float[Tensor, " d_in"] | None,
+    steps: int,
+    *,
+    keep_residuals: bool = False,
+    gram: Float[Tensor, "d_sae d_sae"] | None = None,
+    gram_mode: bool | None = None,
+) -> Pursuit:
+    """Greedy matching pursuit of `x − b_dec` over the unit-norm rows of W_dec (no autograd).
+
+    Every step picks the atom with the largest (signed) correlation with the residual — the raw-max rule
+    of the overcomplete reference; a coefficient is negative only if no atom correlates positively — and
+    removes its projection, so ⟨r_t, d_{j_t}⟩ = 0 and ‖r_t‖² = ‖r_{t−1}‖² − coef_t² (algorithms.md §7.2).
+    `gram` (D Dᵀ) or `gram_mode=True` selects the Gram update of the correlations; None decides by cost.
+    """
+    if steps < 1:
+        raise ConfigError(f"matching pursuit needs at least one step, got steps={steps}")
+    r = x.to(W_dec.dtype) - (b_dec if b_dec is not None else 0.0)
+    if gram_mode is None:
+        gram_mode = use_gram(W_dec.shape[0], x.shape[0], steps, gram is not None)
+    if gram_mode and gram is None:
+        gram = W_dec @ W_dec.t()
+    corr = r @ W_dec.t()
+    indices, coefs, residuals = [], [], []
+    for t in range(steps):
+        j = corr.argmax(dim=1)
+        coef, r = _pursuit_step(r, W_dec.index_select(0, j))
+        indices.append(j)
+        coefs.append(coef)
+        if keep_residuals:
+            residuals.append(r)
+        if t + 1 == steps:
+            break
+        if gram_mode:
+            corr.addcmul_(gram.index_select(0, j), coef.unsqueeze(1), value=-1.0)
+        else:
+            torch.mm(r, W_dec.t(), out=corr)
+    del corr
+    return Pursuit(torch.stack(indices, 1), torch.stack(coefs, 1), r, residuals if keep_residuals else None)
+
+
+def pursuit_coefficients(
+    x: Float[Tensor, "batch d_in"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    b_dec: Float[Tensor, " d_in"] | None,
+    indices: Int[Tensor, "batch steps"],
+) -> Float[Tensor, "batch steps"]:
+    """The pursuit's coefficients along fixed atoms, differentiable w.r.t. x, W_dec and b_dec.
+
+    The argmax choices carry no gradient; the coefficients depend on the atoms and on the residual chain,
+    which autograd follows through T [B, d_in] updates. One embedding gather of the B×T atoms means
+    W_dec's gradient is accumulated once, not once per step.
+    """
+    atoms = F.embedding(indices, W_dec)  # [B, T, d_in]
+    r = x.to(W_dec.dtype) - (b_dec if b_dec is not None else 0.0)
+    coefs = []
+    for t in range(indices.shape[1]):
+        coef, r = _pursuit_step(r, atoms[:, t])
+        coefs.append(coef)
+    return torch.stack(coefs, 1)
+
+
+def merge_repeated_atoms(
+    indices: Int[Tensor, "batch steps"], coefs: Float[Tensor, "batch steps"], d_sae: int
+) -> SparseCode:
+    """CSR code with one entry per distinct (row, atom), coefficients summed (autograd-friendly)."""
+    batch, steps = indices.shape
+    rows = torch.arange(batch, device=indices.device).repeat_interleave(steps)
+    keys, inverse = torch.unique(rows * d_sae + indices.reshape(-1), sorted=True, return_inverse=True)
+    values = torch.zeros(keys.numel(), dtype=coefs.dtype, device=coefs.device)
+    values = values.index_add(0, inverse, coefs.reshape(-1))
+    # torch.unique sorts the keys, so entries are already grouped by row in CSR order.
+    offsets = torch.zeros(batch + 1, dtype=torch.long, device=indices.device)
+    offsets[1:] = torch.cumsum(torch.bincount(keys // d_sae, minlength=batch), 0)
+    return SparseCode(values, keys % d_sae, offsets, d_sae)
+
+
+@register_activation("mp")
+class MatchingPursuit(Activation):
+    """Unrolled matching pursuit with the tied decoder; no selection of h (there is no h)."""
+
+    def __init__(self, cfg: SaeConfig) -> None:
+        super().__init__(cfg)
+        self.steps = cfg.mp_steps if cfg.mp_steps is not None else cfg.k
+        """Pursuit steps T; set this attribute to change T at inference."""
+        if self.steps < 1:
+            raise ConfigError(f"sae.mp_steps must be >= 1, got {self.steps}")
+        self._gram: tuple[tuple[int, int, int], Tensor] | None = None
+
+    def select(self, h: Tensor, *, sae: Sae, batch: Batch | None, training: bool) -> Selection:
+        raise NotImplementedError("MatchingPursuit encodes by pursuit; call encode, not select")
+
+    def _cached_gram(self, W_dec: Tensor, batch: int) -> Tensor | None:
+        """D Dᵀ reused while W_dec is unchanged (same storage and version), e.g. over an eval run."""
+        key = (W_dec.data_ptr(), W_dec._version, W_dec.shape[0])
+        if self._gram is not None and self._gram[0] == key:
+            return self._gram[1]
+        self._gram = None  # drop a stale G before building a new one
+        if not use_gram(W_dec.shape[0], batch, self.steps, cached=False):
+            return None
+        with torch.no_grad():
+            gram = W_dec.detach() @ W_dec.detach().t()
+        self._gram = (key, gram)
+        return gram
+
+    def encode(
+        self,
+        sae: Sae,
+        x: Float[Tensor, "batch d_in"],
+        *,
+        batch: Batch | None,
+        training: bool,
+        aux_columns: Int[Tensor, " n_aux"] | None = None,
+        keep_pre_acts: bool = False,
+    ) -> Encoded:
+        if aux_columns is not None:
+            raise ConfigError(
+                "MP-SAE trains without AuxK (T fixes sparsity, algorithms.md §7.3): use "
+                "objective: mp, or set sae.k_aux: 0"
+            )
+        x = x.to(sae.W_dec.dtype)
+        W_dec, b_dec = sae.W_dec.detach(), sae.b_dec.detach()
+        gram = self._cached_gram(W_dec, x.shape[0])
+        pursuit = matching_pursuit(
+            x.detach(), W_dec, b_dec, self.steps, gram=gram, gram_mode=gram is not None
+        )
+        coefs = pursuit.coefs
+        needs_grad = sae.W_dec.requires_grad or sae.b_dec.requires_grad or x.requires_grad
+        if torch.is_grad_enabled() and needs_grad:
+            coefs = pursuit_coefficients(x, sae.W_dec, sae.b_dec, pursuit.indices)
+        code = merge_repeated_atoms(pursuit.indices, coefs, sae.d_sae)
+        pre = None
+        if keep_pre_acts:  # first-step correlations: the nearest thing MP has to pre-activations
+            with torch.no_grad():
+                pre = (x - b_dec) @ W_dec.t()
+        return Encoded(code, pre, None)
+
+    def params(self) -> dict[str, Any]:
+        return {"k": self.cfg.k, "mp_steps": self.steps}
+
+
+@torch.no_grad()
+def tie_encoder_to_decoder_(sae: Sae, *_: Any) -> None:
+    """W_enc ← W_decᵀ, so the stored encoder is MP's tied one (MP itself never reads W_enc)."""
+    sae.W_enc.copy_(sae.W_dec.t())
+
+
+@register_objective("mp")
+def mp_objective(
+    sae: Sae, batch: Batch, *, dead_mask: Tensor | None, mse_scale: float, **_: Any
+) -> StepOutput:
+    """MP-SAE loss: the normalised MSE only — no AuxK and no sparsity penalty (algorithms.md §7.3)."""
+    return topk_auxk_objective(sae, batch, dead_mask=dead_mask, mse_scale=mse_scale, aux_coef=0.0, k_aux=0)
+
+
+mp_objective.post_step = tie_encoder_to_decoder_  # the trainer calls it after each constrained step

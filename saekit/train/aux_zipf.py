@@ -1,0 +1,262 @@
+"""aux_zipf (PROVISIONAL, algorithms.md §4.3): AuxK generalised from dead latents to underutilised ones.
+
+Ayonrinde (2024) proposes an auxiliary loss that pulls under-used latents towards a Zipf-shaped frequency
+profile; its exact formula could not be verified, so this is saekit's provisional definition, to be
+replaced once the paper's is read:
+
+1. f_i = EMA of latent i's firing frequency (fraction of tokens with value > 1e-3), updated once per
+   training step with rate min(1, B / cfg.dead_tokens) — a horizon of about dead_tokens tokens, counted in
+   tokens like the dead-latent window (§11.8). The first step sets f directly.
+2. Rank latents by f (r = 1 most frequent). Target f*(r) = min(1, c·r^(−s)) with s = cfg.zipf_exponent and
+   c chosen so that Σ_r f*(r) = k (Σ f is the mean L0). The cap at 1 is a saekit addition: a frequency
+   cannot exceed 1, and without it c > 1 for wide dictionaries (c ≈ 3.1 at n = 16384, k = 32, s = 1).
+3. Underutilised set U = {i : f_i < τ·f*(r_i)} (τ = cfg.zipf_tau) ∪ {latents the tracker calls dead}.
+4. AuxK (Gao et al.) with U in place of the dead set: the top min(k_aux, |U|) latents of U per row model
+   the detached residual, decoded without bias, each selected latent's value scaled by its weight
+   w_i = 1 − f_i/f*(r_i) ∈ [0, 1] (1 for dead latents), normalised by the residual's batch variance.
+   With U equal to the dead set every weight is 1 and the term is exactly `auxk_loss`.
+
+Note: under a steep target the most frequent latents can also fall short of f* (their targets approach
+1), so U usually holds some head latents besides the tail; that is what the definition says.
+
+State (the frequency EMA) lives in this objective, per SAE; `state_dict(sae)` / `load_state_dict(sae, s)`
+return and take JSON-native data so a checkpoint can carry it in trainer_state.json exactly.
+
+    objective = get_objective("aux_zipf")
+    out = objective(sae, batch, dead_mask=tracker.dead_mask(), mse_scale=s)
+    saved = objective.state_dict(sae); objective.load_state_dict(sae, saved)
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from saekit.errors import ConfigError, RunDirError
+from saekit.kernels import encode_selected, sparse_decode
+from saekit.sae.model import Sae
+from saekit.train.objectives import (
+    AUXK_DENSE_MIN_FILL,
+    FIRE_THRESHOLD,
+    StepOutput,
+    auxk_selection,
+    fired_latents,
+    register_objective,
+)
+from saekit.types import Batch, SparseCode
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ target
+
+
+def zipf_target(d_sae: int, k: float, exponent: float) -> Float[Tensor, " d_sae"]:
+    """f*(r) for ranks r = 1..d_sae (descending): min(1, c·r^(−s)) with Σ f* = k, in fp64.
+
+    Water-filling: with the first j ranks capped at 1, c = (k − j) / Σ_{r>j} r^(−s); the answer is the
+    smallest j for which rank j+1 is not above the cap.
+    """
+    if not 0 < k <= d_sae:
+        raise ConfigError(f"aux_zipf: the target needs 0 < k <= d_sae, got k={k}, d_sae={d_sae}")
+    if exponent < 0:
+        raise ConfigError(f"sae.zipf_exponent must be >= 0 (1 is Zipf's law), got {exponent}")
+    shape = torch.arange(1, d_sae + 1, dtype=torch.float64).pow(-exponent)
+    tail = shape.flip(0).cumsum(0).flip(0)  # tail[j] = Σ_{r > j} r^(−s) (0-based j)
+    capped = torch.arange(d_sae, dtype=torch.float64)
+    scale = (k - capped) / tail
+    fits = scale * shape <= 1.0
+    j = int(torch.nonzero(fits)[0]) if bool(fits.any()) else d_sae
+    if j >= d_sae:
+        return torch.ones(d_sae, dtype=torch.float64)
+    target = (scale[j] * shape).clamp(max=1.0)
+    target[:j] = 1.0
+    return target
+
+
+def underutilised_latents(
+    freq: Float[Tensor, " d_sae"],
+    target: Float[Tensor, " d_sae"],
+    tau: float,
+    dead_mask: Bool[Tensor, " d_sae"] | None = None,
+) -> tuple[Int[Tensor, " n_under"], Float[Tensor, " n_under"]]:
+    """U = {f_i < τ·f*(rank_i)} ∪ dead, and weights 1 − f_i/f*(rank_i) clamped to [0, 1] (1 when dead).
+
+    `target` is indexed by rank (descending); latents are ranked by frequency, most frequent first.
+    """
+    order = torch.argsort(freq, descending=True, stable=True)
+    per_latent = torch.empty_like(target)
+    per_latent[order] = target.to(per_latent.device)
+    freq64 = freq.to(torch.float64)
+    under = freq64 < tau * per_latent
+    weights = (1.0 - freq64 / per_latent).clamp(0.0, 1.0)
+    if dead_mask is not None:
+        dead = dead_mask.to(under.device)
+        under |= dead
+        weights = torch.where(dead, torch.ones_like(weights), weights)
+    idx = torch.nonzero(under).squeeze(1)
+    return idx, weights[idx].float()
+
+
+# --------------------------------------------------------------------------------------- aux loss
+
+
+def weighted_auxk_loss(
+    sae: Sae,
+    x: Float[Tensor, "batch d_in"],
+    residual: Float[Tensor, "batch d_in"],
+    aux_pre_acts: Float[Tensor, "batch n_aux"],
+    aux_idx: Int[Tensor, " n_aux"],
+    weights: Float[Tensor, " n_aux"],
+    k_aux: int,
+    *,
+    dense: bool | None = None,
+) -> Float[Tensor, ""]:
+    """`auxk_loss` over the columns `aux_idx` with each latent's value scaled by its weight:
+    ê = Σ_j w_j·ReLU(h_j)·W_dec[j] over the top min(k_aux, n_aux) of h[:, aux_idx] per row, no bias;
+    loss = mean((ê − e)²) / mean((e − ē)²) with e the detached residual; non-finite → 0.
+    Same dense/sparse split as `auxk_loss` (dense when each row takes ≥ 25 % of the columns)."""
+    e = residual.detach().float()
+    k = min(k_aux, aux_idx.numel())
+    if dense is None:
+        dense = k >= AUXK_DENSE_MIN_FILL * aux_idx.numel()
+    if dense:
+        h = torch.addmm(sae.b_enc.index_select(0, aux_idx), x - sae.b_dec, sae.W_enc.index_select(1, aux_idx))
+        z = torch.relu(h) * weights
+        if k < aux_idx.numel():
+            with torch.no_grad():  # select on the stored pre-activations, as the sparse path does
+                keep = torch.zeros_like(aux_pre_acts, dtype=torch.bool)
+                keep.scatter_(1, torch.topk(aux_pre_acts, k, dim=1, sorted=False).indices, True)
+            z = z * keep
+        e_hat = z @ sae.W_dec.index_select(0, aux_idx)
+    else:
+        sel = auxk_selection(aux_pre_acts, aux_idx, k)
+        full = torch.zeros(sae.d_sae, dtype=weights.dtype, device=weights.device).index_copy_(
+            0, aux_idx, weights
+        )
+        pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.rows, sel.indices, sel.pre_acts)
+        e_hat = sparse_decode(sel.indices, torch.relu(pre) * full[sel.indices], sel.offsets, sae.W_dec, None)
+    loss = (e_hat - e).pow(2).mean() / (e - e.mean(dim=0)).pow(2).mean()
+    if not torch.isfinite(loss).item():
+        logger.debug("aux_zipf loss was non-finite (%s); using 0 for this step", loss.item())
+        return torch.zeros((), device=x.device)
+    return loss
+
+
+# -------------------------------------------------------------------------------------- objective
+
+
+class AuxZipfObjective:
+    """Main FVU term + aux_coef · (weighted AuxK over underutilised latents); see the module docstring."""
+
+    def __init__(self) -> None:
+        # Frequency EMA per SAE object (fp64 [d_sae]); weak keys so finished runs free their state.
+        self._freq: weakref.WeakKeyDictionary[Sae, Tensor] = weakref.WeakKeyDictionary()
+
+    def __call__(
+        self,
+        sae: Sae,
+        batch: Batch,
+        *,
+        dead_mask: Bool[Tensor, " d_sae"] | None,
+        mse_scale: float,
+        aux_coef: float | None = None,
+        k_aux: int | None = None,
+        freq_rate: float | None = None,
+    ) -> StepOutput:
+        aux_coef = sae.cfg.aux_coef if aux_coef is None else aux_coef
+        k_aux = sae.cfg.resolve_k_aux(sae.d_in) if k_aux is None else k_aux
+        x = batch.acts.to(sae.W_dec.dtype)
+        aux_idx, weights = self.aux_set(sae, dead_mask)
+        use_aux = aux_idx.numel() > 0 and k_aux > 0 and aux_coef > 0
+        out = sae(x, batch, aux_columns=aux_idx if use_aux else None)
+        sq_err = (out.x_hat - x).pow(2)
+        main = mse_scale * sq_err.mean()
+        aux = torch.zeros((), device=x.device)
+        if use_aux:
+            aux = weighted_auxk_loss(sae, x, x - out.x_hat, out.aux_pre_acts, aux_idx, weights, k_aux)
+        loss = main + aux_coef * aux
+        rate = min(1.0, len(batch) / sae.cfg.dead_tokens) if freq_rate is None else freq_rate
+        self.update_frequencies_(sae, out.code, rate)
+        n_dead = 0 if dead_mask is None else int(dead_mask.sum().item())
+        return _step_output(loss, main, aux, x, sq_err, out.code, n_dead, aux_idx.numel())
+
+    def aux_set(
+        self, sae: Sae, dead_mask: Bool[Tensor, " d_sae"] | None
+    ) -> tuple[Int[Tensor, " n_under"], Float[Tensor, " n_under"]]:
+        """Latents the aux term may use and their weights, from the frequencies seen before this step
+        (only the dead set, weight 1, until a first step has been seen)."""
+        device = sae.W_dec.device
+        freq = self._freq.get(sae)
+        if freq is None:
+            dead = torch.zeros(sae.d_sae, dtype=torch.bool, device=device) if dead_mask is None else dead_mask
+            idx = torch.nonzero(dead.to(device)).squeeze(1)
+            return idx, torch.ones(idx.numel(), device=device)
+        target = zipf_target(sae.d_sae, sae.cfg.k, sae.cfg.zipf_exponent).to(device)
+        return underutilised_latents(freq, target, sae.cfg.zipf_tau, dead_mask)
+
+    @torch.no_grad()
+    def update_frequencies_(self, sae: Sae, code: SparseCode, rate: float) -> None:
+        """f ← (1 − rate)·f + rate·(fires per latent / tokens), in fp64; the first call sets f."""
+        fires = torch.bincount(code.indices[code.values > FIRE_THRESHOLD], minlength=sae.d_sae)
+        observed = fires.to(torch.float64) / max(code.batch_size, 1)
+        old = self._freq.get(sae)
+        self._freq[sae] = observed if old is None else (1.0 - rate) * old + rate * observed
+
+    def frequencies(self, sae: Sae) -> Float[Tensor, " d_sae"] | None:
+        return self._freq.get(sae)
+
+    def state_dict(self, sae: Sae) -> dict[str, Any]:
+        """JSON-native state (fp64 values survive a JSON round trip exactly)."""
+        freq = self._freq.get(sae)
+        return {"freq_ema": None if freq is None else freq.cpu().tolist()}
+
+    def load_state_dict(self, sae: Sae, state: dict[str, Any]) -> None:
+        freq = state.get("freq_ema")
+        if freq is None:
+            self._freq.pop(sae, None)
+            return
+        freq = torch.as_tensor(freq, dtype=torch.float64, device=sae.W_dec.device)
+        if freq.shape != (sae.d_sae,):
+            raise RunDirError(
+                f"aux_zipf state holds {tuple(freq.shape)} frequencies but the SAE has d_sae={sae.d_sae}; "
+                "the checkpoint belongs to a different SAE"
+            )
+        self._freq[sae] = freq
+
+
+def _step_output(loss, main, aux, x, sq_err, code: SparseCode, n_dead: int, n_under: int) -> StepOutput:
+    with torch.no_grad():
+        batch_var_sum = (x - x.mean(dim=0)).pow(2).sum()
+        # One device→host transfer for every logged number.
+        main_v, aux_v, total_v, mse_v, fvu_batch, l0 = torch.stack(
+            [
+                main.detach(),
+                aux.detach(),
+                loss.detach(),
+                sq_err.mean().detach(),
+                sq_err.sum().detach() / batch_var_sum,
+                code.l0_per_row().float().mean(),
+            ]
+        ).tolist()
+    return StepOutput(
+        loss=loss,
+        losses={"main": main_v, "aux": aux_v, "total": total_v},
+        metrics={
+            "fvu": main_v,
+            "fvu_batch": fvu_batch,
+            "mse": mse_v,
+            "l0": l0,
+            "n_dead": float(n_dead),
+            "n_underutilised": float(n_under),
+        },
+        fired=fired_latents(code),
+    )
+
+
+aux_zipf_objective = register_objective("aux_zipf")(AuxZipfObjective())

@@ -1,0 +1,353 @@
+"""Matryoshka objective (fixed and sampled prefixes): the Matryoshka rows of algorithms.md §12, per-prefix
+metrics, and CLI train + reload."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import saekit.sae.methods  # noqa: F401  (registers batchtopk, matryoshka, … until saekit.sae imports it)
+from saekit.config import SaeConfig
+from saekit.errors import ConfigError
+from saekit.eval.levels import level_metrics
+from saekit.sae import ACTIVATIONS, Sae, constrained_adam_step, init_sae_from_data_
+from saekit.synthetic import HierarchicalData
+from saekit.train.dead import DeadLatentTracker
+from saekit.train.matryoshka import (
+    matryoshka_objective,
+    permute_latents_,
+    prefix_losses,
+    prefix_reconstructions,
+    resolve_prefix_weights,
+    resolve_prefixes,
+    sample_prefixes,
+)
+from saekit.train.objectives import auxk_loss, get_objective, mse_scale_from_sample, topk_auxk_objective
+from saekit.types import Batch
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTS = ["topk"] + [name for name in ("batchtopk",) if name in ACTIVATIONS]
+
+
+def make_sae(d_in=10, k=4, d_sae=32, activation="topk", **kw):
+    sae = Sae(d_in, SaeConfig(activation=activation, k=k, d_sae=d_sae, normalize_activations="none", **kw))
+    with torch.no_grad():  # untie and shift so every parameter matters
+        sae.W_enc.add_(0.2 * torch.randn_like(sae.W_enc))
+        sae.b_dec.copy_(0.3 * torch.randn(d_in))
+        sae.b_enc.copy_(0.1 * torch.randn(d_sae))
+    return sae
+
+
+# ------------------------------------------------------------------------------------------ prefixes
+
+
+def test_resolve_prefixes_defaults_and_validation():
+    assert resolve_prefixes(SaeConfig(), 256) == [16, 32, 64, 128, 256]
+    assert resolve_prefixes(SaeConfig(), 20) == [1, 2, 5, 10, 20]  # n/16 = 1, all widths kept, ≥ 1
+    assert resolve_prefixes(SaeConfig(prefixes=(4, 8)), 32) == [4, 8, 32]  # d_sae appended
+    assert resolve_prefix_weights(SaeConfig(), 4) == [0.25] * 4
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        resolve_prefixes(SaeConfig(prefixes=(8, 8, 32)), 32)
+    with pytest.raises(ConfigError, match="exceeds d_sae"):
+        resolve_prefixes(SaeConfig(prefixes=(8, 64)), 32)
+    with pytest.raises(ConfigError, match="prefix_weights"):
+        resolve_prefix_weights(SaeConfig(prefix_weights=(0.5, 0.5)), 3)
+
+
+@pytest.mark.parametrize("d_sae,n_prefixes,min_len", [(64, 6, 1), (200, 10, 16), (12, 20, 3), (9, 3, 9)])
+def test_sampled_cuts_unique_sorted_last_n_and_at_least_min_length(d_sae, n_prefixes, min_len):
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        cuts = sample_prefixes(d_sae, n_prefixes, min_len, generator=gen)
+        assert cuts[-1] == d_sae
+        assert all(b > a for a, b in zip(cuts, cuts[1:], strict=False))  # unique and sorted
+        assert all(c >= min_len for c in cuts)
+        assert len(cuts) == min(n_prefixes, d_sae - min_len + 1)
+
+
+def test_sampled_cuts_favour_short_prefixes():
+    gen = torch.Generator().manual_seed(0)
+    firsts = torch.tensor([float(sample_prefixes(1000, 2, 1, generator=gen)[0]) for _ in range(2000)])
+    # Under pmf ∝ diff(sqrt), P(cut ≤ 250) = sqrt(250/999) ≈ 0.5; uniform would give 0.25.
+    assert 0.45 < (firsts <= 250).float().mean().item() < 0.55
+    with pytest.raises(ConfigError, match="min_prefix_length"):
+        sample_prefixes(10, 3, 11)
+
+
+# ---------------------------------------------------------------------------------- fixed prefixes
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_incremental_prefix_reconstruction_equals_direct_slicing(activation):
+    sae = make_sae(activation=activation)
+    code = sae.encode(torch.randn(13, 10), training=True)
+    prefixes = [3, 8, 20, 32]
+    x_hats = prefix_reconstructions(code, sae.W_dec, sae.b_dec, prefixes)
+    z = code.to_dense().detach()
+    for g, m in enumerate(prefixes):
+        direct = z[:, :m] @ sae.W_dec[:m].detach() + sae.b_dec.detach()
+        torch.testing.assert_close(x_hats[:, g].detach(), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_nested_losses_match_direct_prefix_losses_in_value_and_gradient():
+    sae = make_sae(k=5)
+    x = torch.randn(19, 10)
+    prefixes, weights = [3, 9, 20, 32], torch.tensor([0.4, 0.1, 0.3, 0.2])
+    code = sae.encode(x, training=True)
+    fast = (weights * prefix_losses(x, code, sae.W_dec, sae.b_dec, prefixes, 3.0)).sum()
+    got = torch.autograd.grad(fast, [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec])
+    code = sae.encode(x, training=True)
+    z = code.to_dense()
+    direct = sum(
+        w * 3.0 * (z[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2).mean()
+        for w, m in zip(weights, prefixes, strict=True)
+    )
+    ref = torch.autograd.grad(direct, [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec])
+    torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_prefix_loss_gives_exactly_zero_gradient_beyond_its_prefix():
+    sae = make_sae(k=6)
+    x = torch.randn(16, 10)
+    prefixes = [4, 12, 32]
+    for g, m in enumerate(prefixes[:-1]):
+        sae.zero_grad(set_to_none=True)
+        code = sae.encode(x, training=True)
+        loss_g = prefix_losses(x, code, sae.W_dec, sae.b_dec, prefixes, 1.0)[g]
+        loss_g.backward()
+        assert torch.count_nonzero(sae.W_dec.grad[m:]) == 0
+        assert torch.count_nonzero(sae.W_enc.grad[:, m:]) == 0
+        assert torch.count_nonzero(sae.b_enc.grad[m:]) == 0
+        used = torch.unique(code.indices[(code.indices < m) & (code.values > 0)])
+        assert used.numel() > 0 and (sae.W_dec.grad[used].abs().sum(1) > 0).all()
+        assert (sae.W_enc.grad[:, used].abs().sum(0) > 0).all()
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_total_loss_is_weighted_sum_of_prefix_losses_plus_auxk(activation):
+    prefixes, weights = (4, 10, 32), (0.5, 0.3, 0.2)
+    sae = make_sae(activation=activation, prefixes=prefixes, prefix_weights=weights, k_aux=5, aux_coef=0.25)
+    x = torch.randn(24, 10)
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[torch.randperm(32)[:12]] = True
+    out = matryoshka_objective(sae, Batch(x), dead_mask=dead, mse_scale=2.0)
+    # Independent reference: dense code and plain per-prefix slicing.
+    with torch.no_grad():
+        enc = sae.activation.encode(sae, x, batch=None, training=True, aux_columns=torch.nonzero(dead)[:, 0])
+        z = enc.code.to_dense()
+        ref = [2.0 * (z[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2).mean() for m in prefixes]
+        aux = auxk_loss(
+            sae, x, x - (z @ sae.W_dec + sae.b_dec), enc.aux_pre_acts, torch.nonzero(dead)[:, 0], 5
+        )
+    expected = sum(w * r for w, r in zip(weights, ref, strict=True)) + 0.25 * aux
+    assert aux.item() > 0
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert out.losses["aux"] == pytest.approx(aux.item(), rel=1e-5)
+    assert [out.metrics[f"fvu_m{m}"] for m in prefixes] == pytest.approx([r.item() for r in ref], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------- sampled prefixes
+
+
+def _stepped_sae_and_adam(steps=2, d_in=10, d_sae=32):
+    sae = make_sae(d_in=d_in, d_sae=d_sae)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(steps):
+        out = topk_auxk_objective(sae, Batch(torch.randn(32, d_in)), dead_mask=None, mse_scale=1.0)
+        opt.zero_grad()
+        out.loss.backward()
+        constrained_adam_step(sae, opt)
+    return sae, opt
+
+
+def _clone_with_adam(sae, opt):
+    twin = copy.deepcopy(sae)
+    twin_opt = torch.optim.Adam(twin.parameters(), lr=1e-2)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    return twin, twin_opt
+
+
+def _one_step(sae, opt, x):
+    out = topk_auxk_objective(sae, Batch(x), dead_mask=None, mse_scale=1.0)
+    opt.zero_grad()
+    out.loss.backward()
+    constrained_adam_step(sae, opt)
+
+
+@pytest.mark.parametrize("move_moments", [True, False])
+def test_permuting_latents_with_adam_moments_leaves_outputs_and_next_step_unchanged(move_moments):
+    sae, opt = _stepped_sae_and_adam()
+    twin, twin_opt = _clone_with_adam(sae, opt)
+    perm = torch.randperm(32)
+    tracker = DeadLatentTracker(32, dead_tokens=10)
+    tracker.tokens_since_fired = torch.arange(32) * 3
+    permute_latents_(twin, perm, optimizer=twin_opt if move_moments else None, tracker=tracker)
+    assert torch.equal(tracker.tokens_since_fired, perm * 3)
+    x, x_next = torch.randn(20, 10), torch.randn(32, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x).x_hat, sae(x).x_hat, rtol=1e-6, atol=1e-6)
+    _one_step(sae, opt, x_next)
+    _one_step(twin, twin_opt, x_next)
+    same = torch.allclose(twin.W_dec, sae.W_dec[perm], atol=1e-6) and torch.allclose(
+        twin.W_enc, sae.W_enc[:, perm], atol=1e-6
+    )
+    # With the moments permuted the step is the same up to relabelling; without, it is not (the
+    # Nabeshima reference-code bug that the test must be able to catch).
+    assert same == move_moments
+    if move_moments:
+        torch.testing.assert_close(twin.b_enc, sae.b_enc[perm], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(twin.b_dec, sae.b_dec, rtol=1e-6, atol=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x).x_hat, sae(x).x_hat, rtol=1e-5, atol=1e-5)
+
+
+def test_permutation_also_moves_threshold_buffer():
+    sae = make_sae(activation="batchtopk") if "batchtopk" in ACTIVATIONS else None
+    if sae is None:  # the buffer exists only for threshold activations; emulate one
+        sae = make_sae()
+        sae.threshold = torch.zeros(32)
+    sae.threshold.copy_(torch.arange(32.0))
+    perm = torch.randperm(32)
+    assert permute_latents_(sae, perm)
+    assert torch.equal(sae.threshold, perm.float())
+    assert not permute_latents_(sae, torch.arange(32))  # identity: nothing moves
+
+
+def test_sampled_post_step_sorts_latents_by_importance_and_keeps_the_model():
+    sae = make_sae(prefix_mode="sampled", n_sampled_prefixes=4, min_prefix_length=2, d_sae=32)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    tracker = DeadLatentTracker(32, dead_tokens=10**6)
+    objective = get_objective("matryoshka")
+    x_probe = torch.randn(16, 10)
+    for _ in range(3):
+        out = objective(sae, Batch(torch.randn(64, 10)), dead_mask=tracker.dead_mask(), mse_scale=1.0)
+        opt.zero_grad()
+        out.loss.backward()
+        constrained_adam_step(sae, opt)
+        fired_before = out.fired.clone()
+        with torch.no_grad():
+            before = sae(x_probe).x_hat
+        objective.post_step(sae, opt, tracker, out)
+        with torch.no_grad():
+            torch.testing.assert_close(sae(x_probe).x_hat, before, rtol=1e-6, atol=1e-6)
+        assert out.fired.sum() == fired_before.sum()
+        tracker.update(out.fired, 64)
+        importance = objective.importance(sae)
+        assert (importance[:-1] >= importance[1:]).all()  # descending after the re-sort
+    assert importance[0] > 0 and "fvu_first_prefix" in out.metrics
+    # Fired latents were relabelled with the weights: the most important latents all fired this step.
+    assert out.fired[: int((importance > 0).sum().clamp(max=3))].all()
+
+
+# ------------------------------------------------------------------------------- synthetic hierarchy
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls run faster on one thread, and far faster when the cores are shared (measured 8x)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(objective, cfg, data, steps=400, seed=0):
+    torch.manual_seed(seed)
+    sae = Sae(data.d_in, cfg)
+    init_sae_from_data_(sae, data.sample(2048))
+    mse_scale = mse_scale_from_sample(data.sample(4096))
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for _ in range(steps):
+        out = objective(sae, Batch(data.sample(512)), dead_mask=None, mse_scale=mse_scale)
+        opt.zero_grad()
+        out.loss.backward()
+        constrained_adam_step(sae, opt)
+    return sae.eval()
+
+
+def test_matryoshka_prefixes_reconstruct_alone_and_recover_parents_better_than_topk(one_thread):
+    data = HierarchicalData(
+        d_in=40, n_parents=6, children_per_parent=4, seed=2, child_prob=0.5, orthogonal=True
+    )
+    prefixes = (8, 16, 32)
+    base = dict(k=3, d_sae=32, normalize_activations="none")
+    matryoshka = _train(matryoshka_objective, SaeConfig(prefixes=prefixes, **base), data)
+    flat = _train(topk_auxk_objective, SaeConfig(**base), data)
+    x, active = data.sample_with_active(4096)
+    m_levels = level_metrics(matryoshka, x, objective="matryoshka")
+    f_levels = level_metrics(flat, x, objective="matryoshka", levels=list(prefixes))
+    fvu = m_levels["fvu"]
+    assert m_levels["widths"] == list(prefixes)
+    assert fvu[0] > fvu[1] > fvu[2]  # strictly better with every wider prefix
+    assert fvu[0] < 0.6 and fvu[0] < 0.6 * f_levels["fvu"][0]  # the smallest prefix alone works
+    assert m_levels["l0"][0] < m_levels["l0"][-1] <= 3 + 1e-9
+    with torch.no_grad():
+        m_fired = matryoshka.encode(x).to_dense() > 0
+        f_fired = flat.encode(x).to_dense() > 0
+    # Absorption: the flat SAE's parent latents stop firing when a child is active; Matryoshka's do not.
+    m_recall = data.parent_recall(matryoshka.W_dec, m_fired, active)
+    f_recall = data.parent_recall(flat.W_dec, f_fired, active)
+    assert m_recall > f_recall + 0.1, (m_recall, f_recall)
+
+
+def test_hierarchical_data_children_only_with_parent():
+    data = HierarchicalData(d_in=16, n_parents=3, children_per_parent=2, seed=0, child_prob=0.7)
+    x, active = data.sample_with_active(500)
+    P = data.n_parents
+    assert (active[:, :P].sum(1) == data.parents_active).all()
+    child_rows, child_ids = torch.nonzero(active[:, P:], as_tuple=True)
+    assert active[child_rows, data.parent_of[P + child_ids]].all()
+    per_parent = torch.stack([active[:, P:][:, data.parent_of[P:] == p].sum(1) for p in range(P)], 1)
+    assert per_parent.max() <= 1 and per_parent.float().mean() > 0
+    torch.testing.assert_close(data.features.norm(dim=1), torch.ones(data.n_features))
+
+
+# --------------------------------------------------------------------------------------- CLI + reload
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    from saekit.cli import main
+
+    cache = tmp_path_factory.mktemp("tiny") / "cache"
+    assert main(["collect", str(ROOT / "configs/tiny_collect.yaml"), f"out_dir={cache}"]) == 0
+    return cache
+
+
+@pytest.mark.parametrize("config", ["tiny_matryoshka", "tiny_matryoshka_sampled"])
+def test_cli_train_and_reload_give_identical_encodes(tiny_cache, tmp_path, config):
+    from saekit.cli import main
+
+    run = tmp_path / config
+    act = [] if "batchtopk" in ACTIVATIONS else ["sae.activation=topk"]
+    args = ["train", str(ROOT / f"configs/{config}.yaml"), f"cache_dir={tiny_cache}", f"run_dir={run}"]
+    assert main([*args, "progress=false", "total_tokens=2560", *act]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["fvu"] == r["fvu"] for r in rows)  # no NaN
+    sae = Sae.load(run / "final").eval()
+    again = Sae.load(run / "final").eval()
+    x = torch.randn(50, sae.d_in) * 3
+    a, b = sae.encode(sae.scale_input(x)), again.encode(again.scale_input(x))
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+    assert torch.equal(sae.reconstruct(x), again.reconstruct(x))
+    if sae.threshold is not None:
+        assert (sae.threshold > 0).all()  # the learned inference threshold survived the round trip
+    levels = level_metrics(sae, x, objective="matryoshka")
+    assert len(levels["fvu"]) == len(levels["widths"]) and levels["widths"][-1] == sae.d_sae
+
+
+def test_cli_eval_writes_per_prefix_levels(tiny_cache, tmp_path):
+    from saekit.cli import main
+
+    run = tmp_path / "run"
+    act = [] if "batchtopk" in ACTIVATIONS else ["sae.activation=topk"]
+    args = ["train", str(ROOT / "configs/tiny_matryoshka.yaml"), f"cache_dir={tiny_cache}", f"run_dir={run}"]
+    assert main([*args, "progress=false", "total_tokens=1280", *act]) == 0
+    assert main(["eval", str(run), "num_sequences=2", "batch_size=2", "max_eval_rows=500"]) == 0
+    levels = json.loads((run / "eval.json").read_text())["levels"]
+    assert levels["kind"] == "prefix" and levels["widths"] == [16, 64, 256] and levels["rows"] == 500
+    assert levels["fvu"][0] > levels["fvu"][-1]
