@@ -100,7 +100,8 @@ def test_every_page_in_a_real_browser(server, browser_page):
     page, requests = browser_page
     page.goto(server)
     page.get_by_role("heading", name="Overview").wait_for()
-    page.get_by_text(TOPK_RUN, exact=True).first.wait_for()
+    page.get_by_role("heading", name=f"Run: {TOPK_RUN}").wait_for()
+    page.get_by_test_id("stDataFrame").first.wait_for()  # the runs table (a canvas grid)
     page.locator(".js-plotly-plot").first.wait_for()
     screenshot(page, "overview")
 

@@ -69,9 +69,9 @@ def test_sampled_cuts_unique_sorted_last_n_and_at_least_min_length(d_sae, n_pref
 
 def test_sampled_cuts_favour_short_prefixes():
     gen = torch.Generator().manual_seed(0)
-    firsts = torch.tensor([float(sample_prefixes(1000, 2, 1, generator=gen)[0]) for _ in range(2000)])
-    # Under pmf ∝ diff(sqrt), P(cut ≤ 250) = sqrt(250/999) ≈ 0.5; uniform would give 0.25.
-    assert 0.45 < (firsts <= 250).float().mean().item() < 0.55
+    firsts = torch.tensor([float(sample_prefixes(1000, 2, 1, generator=gen)[0]) for _ in range(600)])
+    # Under pmf ∝ diff(sqrt), P(cut ≤ 250) = sqrt(250/999) ≈ 0.5 (±0.02 sd here); uniform would give 0.25.
+    assert 0.42 < (firsts <= 250).float().mean().item() < 0.58
     with pytest.raises(ConfigError, match="min_prefix_length"):
         sample_prefixes(10, 3, 11)
 

@@ -133,7 +133,9 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> Sae:
             "import the module that registers it before loading"
         ) from None
     _load_tensors_(sae, tensors, weights_path)
-    return sae
+    # Inference mode by default: batch-coupled methods then use their learned thresholds, so a loaded
+    # SAE never updates them or makes a token's code depend on its batch-mates. Call .train() to train.
+    return sae.eval()
 
 
 def _read_cfg_json(cfg_path: Path) -> dict[str, Any]:

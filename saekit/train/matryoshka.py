@@ -23,6 +23,7 @@ dead-latent counters together so the model and the next optimiser step are uncha
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from dataclasses import dataclass
@@ -95,11 +96,16 @@ def sample_prefixes(
     n_cuts = min(max(n_prefixes - 1, 0), span)
     if n_cuts == 0:
         return [d_sae]
-    steps = torch.arange(0, span + 1, dtype=torch.float64) / span
-    pmf = steps.pow(SAMPLED_PARETO_POWER).diff()
-    picks = torch.multinomial(pmf.float(), n_cuts, replacement=False, generator=generator)
+    picks = torch.multinomial(_cut_pmf(span), n_cuts, replacement=False, generator=generator)
     cuts = sorted((picks + min_length).tolist())
     return [*cuts, d_sae]
+
+
+@functools.lru_cache(maxsize=8)
+def _cut_pmf(span: int) -> Float[Tensor, " span"]:
+    """pmf[j] = ((j + 1)/span)^0.5 − (j/span)^0.5 (fp64 differences; cached: the same every step)."""
+    steps = torch.arange(0, span + 1, dtype=torch.float64) / span
+    return steps.pow(SAMPLED_PARETO_POWER).diff().float()
 
 
 # ---------------------------------------------------------------------------------------- decoding
@@ -116,12 +122,13 @@ def block_sums(
 ) -> Float[Tensor, "n_blocks batch d_in"]:
     """out[g, b] = Σ over entries of row b in block g of values·W_dec[indices], all blocks in ONE decode.
 
-    Entries (grouped by row, as in every SparseCode) are regrouped block-major into G·B bags with one
-    linear pass per block (no sort, and each block keeps its row order); a single `sparse_decode` then sums
+    Entries (grouped by row, as in every SparseCode) are regrouped block-major into G·B bags by a stable
+    sort on the block id (each block keeps its row order); a single `sparse_decode` then sums
     every bag — the same nnz·d work and one dense W_dec gradient as a plain decode. Block-major output
     makes each out[g] a contiguous [B, d] slab for the nested losses.
     """
-    order = torch.cat([torch.nonzero(blocks == g).squeeze(1) for g in range(n_blocks)])
+    # stable: rows stay in order inside each block (measured 1 ms for 131k entries; per-block nonzero 130 ms)
+    order = torch.sort(blocks, stable=True).indices
     counts = torch.bincount(blocks * batch + rows, minlength=n_blocks * batch)
     offsets = torch.zeros(n_blocks * batch + 1, dtype=torch.long, device=indices.device)
     offsets[1:] = torch.cumsum(counts, 0)

@@ -178,6 +178,8 @@ class Trainer:
             "reader": self.source.state_dict(),
             "dead_tracker": _tensors_to_lists(self.tracker.state_dict()),
         }
+        if hasattr(self.objective, "state_dict"):  # e.g. aux_zipf frequency EMAs (plain JSON, exact)
+            state["objective"] = self.objective.state_dict(self.sae)
         path = save_checkpoint(self.run_dir / "checkpoints", self.step_count, self.sae, self.optimizer, state)
         logger.debug("checkpoint %s", path)
         return path
@@ -202,6 +204,8 @@ class Trainer:
         set_rng_state(state["rng"])
         self.source.load_state_dict(state["reader"])
         self.tracker.load_state_dict(_lists_to_tensors(state["dead_tracker"]))
+        if "objective" in state and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(self.sae, state["objective"])
         _truncate_metrics(self.run_dir / "metrics.jsonl", self.step_count)
         logger.info("resumed from %s (step %d, %d tokens)", step_dir, self.step_count, self.tokens)
 
