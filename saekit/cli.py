@@ -111,6 +111,15 @@ def cmd_app(args: argparse.Namespace) -> int:
     return launch_app(Path(args.runs_dir), port=args.port)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from saekit.compare import CompareConfig, run_compare
+    from saekit.config import load_config
+
+    path, overrides = _split_config_and_overrides(args.args)
+    sys.stdout.write(run_compare(load_config(CompareConfig, path, overrides)) + "\n")
+    return 0
+
+
 def cmd_hooks(args: argparse.Namespace) -> int:
     from saekit.models import list_hookpoints, load_model
 
@@ -149,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="collect, train and evaluate on the embedded model end to end")
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compare", help="train + evaluate several methods at equal L0: CONFIG [key=value ...]")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("index", help="build the latent index of a run: RUN_DIR [key=value ...]")
     p.add_argument("run", help="run directory written by `saekit train`")

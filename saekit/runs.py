@@ -145,10 +145,15 @@ def load_eval(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def latest_trainer_state(run_dir: str | Path) -> dict[str, Any] | None:
-    """trainer_state.json of the newest checkpoint (step, tokens, dead_tracker, ...), or None."""
+    """trainer_state.json of the finished run (final/) or else of the newest checkpoint, or None."""
     from saekit.train.checkpoint import latest_checkpoint
 
-    step_dir = latest_checkpoint(Path(run_dir) / "checkpoints")
+    final = Path(run_dir) / "final"
+    step_dir = (
+        final
+        if (final / "trainer_state.json").is_file()
+        else latest_checkpoint(Path(run_dir) / "checkpoints")
+    )
     if step_dir is None or not (step_dir / "trainer_state.json").is_file():
         return None
     state = json.loads((step_dir / "trainer_state.json").read_text())
@@ -248,8 +253,12 @@ def eval_table_rows(result: dict[str, Any] | None) -> list[dict[str, Any]]:
         for label, key, f in _RECON_ROWS
     ]
     splice = result.get("splice") or {}
-    for group, label in (("ce_loss", "CE"), ("ce_recovered", "CE recovered"), ("kl", "KL"),
-                         ("kl_score", "KL score")):
+    for group, label in (
+        ("ce_loss", "CE"),
+        ("ce_recovered", "CE recovered"),
+        ("kl", "KL"),
+        ("kl_score", "KL score"),
+    ):
         for key, value in (splice.get(group) or {}).items():
             rows.append({"metric": f"{label} ({key.replace('_', ' ')})", "cached": None, "heldout": value})
     return rows
@@ -260,30 +269,52 @@ LEVEL_KEYS = ("levels", "per_level", "per_prefix", "prefixes", "per_k")
 
 
 def eval_levels(result: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per-prefix / per-k rows from eval.json when present (else []).
+    """Per-prefix / per-k rows from eval.json when present (else []), one dict per level with `level`,
+    `kind` ("prefix" or "k" when known) and that level's metrics (e.g. fvu, l0).
 
-    Accepted shapes, at the top level or under `heldout`/`cached`: a list of dicts, or a dict mapping the
-    level (prefix width or k) to a dict of metrics. Each returned row has `level` plus the metrics.
+    Reads what `saekit eval` writes — `levels: {kind, widths | k, fvu: [...], l0: [...]}`, one list per
+    metric — and, for older or hand-made files, a list of per-level dicts or a {level: metrics} mapping,
+    at the top level or under `heldout`/`cached`.
     """
     if not result:
         return []
     for holder in (result, result.get("heldout") or {}, result.get("cached") or {}):
         for key in LEVEL_KEYS:
-            value = holder.get(key)
-            rows = _level_rows(value)
+            rows = _level_rows(holder.get(key))
             if rows:
                 return rows
     return []
 
 
 def _level_rows(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, dict) and any(isinstance(value.get(k), list) for k in _LEVEL_AXES):
+        return _columns_to_rows(value)
     if isinstance(value, dict) and isinstance(value.get("rows"), list):
         value = value["rows"]  # a {"kind": ..., "rows": [...]} wrapper
-    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return [{"level": v.get("level", v.get("k", v.get("prefix", i))), **v} for i, v in enumerate(value)]
     if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
         return [{"level": _maybe_int(k), **v} for k, v in value.items()]
     return []
+
+
+_LEVEL_AXES = ("widths", "k", "levels", "prefixes")
+"""Names of the level axis in the columnar layout (Matryoshka prefix widths, or k values)."""
+
+
+def _columns_to_rows(value: dict[str, Any]) -> list[dict[str, Any]]:
+    axis = next(k for k in _LEVEL_AXES if isinstance(value.get(k), list))
+    levels = value[axis]
+    kind = value.get("kind") or ("prefix" if axis in ("widths", "prefixes") else "k")
+    columns = {
+        name: column
+        for name, column in value.items()
+        if name != axis and isinstance(column, list) and len(column) == len(levels)
+    }
+    return [
+        {"level": level, "kind": kind, **{name: column[i] for name, column in columns.items()}}
+        for i, level in enumerate(levels)
+    ]
 
 
 def _maybe_int(key: Any) -> Any:

@@ -1,9 +1,9 @@
 """A tiny but complete RUNS_DIR for the app and notebook tests, built through the public pipeline.
 
 `build_fixture_runs(root)` collects a few thousand tokens of the tiny random model, trains two small
-TopK+AuxK SAEs on that one cache (k=4 and k=8, each with a mid-run checkpoint), evaluates both, and indexes the
-TopK run only, so pages also meet a run without an index. A finished build is reused (marker file), so
-test modules sharing a session-scoped base temp dir build it once.
+TopK+AuxK SAEs on that one cache (k=4 and k=8, each with a mid-run checkpoint), evaluates both, and
+indexes the k=4 run only, so pages also meet a run without an index. A finished build is reused (marker
+file), so test modules sharing a session-scoped base temp dir build it once.
 
     runs = build_fixture_runs(tmp_path_factory.getbasetemp() / "saekit_runs")
     runs / TOPK_RUN, runs / WIDE_K_RUN        # run directories; runs / "cache" is the shared cache
@@ -12,6 +12,7 @@ test modules sharing a session-scoped base temp dir build it once.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 HOOK = "blocks.1.hook_resid_post"
@@ -28,31 +29,69 @@ def build_fixture_runs(root: Path) -> Path:
     root = Path(root)
     if (root / _DONE).is_file():
         return root
+    shutil.rmtree(root, ignore_errors=True)  # a build interrupted half-way is started over
     from saekit.activations import collect
     from saekit.analysis import build_index
-    from saekit.config import CollectConfig, EvalConfig, SaeConfig, TrainConfig
+    from saekit.config import CollectConfig, EvalConfig
     from saekit.eval import evaluate_run
     from saekit.models import load_model
-    from saekit.train import train
 
     model = load_model("tiny")
     cache = root / "cache"
     collect(
-        CollectConfig(model="tiny", hookpoints=(HOOK,), context_length=32, max_tokens=3000, batch_size=8,
-                      shard_tokens=1000, out_dir=str(cache)),
+        CollectConfig(
+            model="tiny",
+            hookpoints=(HOOK,),
+            context_length=32,
+            max_tokens=3000,
+            batch_size=8,
+            shard_tokens=1000,
+            out_dir=str(cache),
+        ),
         model=model,
         progress=False,
     )
-    common = dict(cache_dir=str(cache), hookpoint=HOOK, total_tokens=3072, batch_size=256, log_every=2,
-                  checkpoint_every=6, norm_estimation_tokens=1000, shuffle_buffer_tokens=1000, progress=False)
-    # a one-batch dead window, so some latents die and the dead-latent page has content
-    topk = SaeConfig(activation="topk", k=4, d_sae=D_SAE, dead_tokens=256)
-    train(TrainConfig(sae=topk, run_dir=str(root / TOPK_RUN), **common))
-    wide = SaeConfig(activation="topk", k=8, d_sae=D_SAE, dead_tokens=256)
-    train(TrainConfig(sae=wide, run_dir=str(root / WIDE_K_RUN), **common))
+    _train_runs(root, cache)
     for name in (TOPK_RUN, WIDE_K_RUN):
         evaluate_run(root / name, EvalConfig(num_sequences=6, batch_size=3, max_eval_rows=1000), model=model)
-    build_index(root / TOPK_RUN, model=model, num_sequences=24, batch_size=8, top_examples=8, quantile_bins=3,
-                examples_per_bin=2, context_window=(6, 2), progress=False, compute_output_scores=True)
+    build_index(
+        root / TOPK_RUN,
+        model=model,
+        num_sequences=24,
+        batch_size=8,
+        top_examples=8,
+        quantile_bins=3,
+        examples_per_bin=2,
+        context_window=(6, 2),
+        progress=False,
+        compute_output_scores=True,
+    )
     (root / _DONE).write_text("ok\n")
     return root
+
+
+def _train_runs(root: Path, cache: Path) -> None:
+    from saekit.config import SaeConfig, TrainConfig
+    from saekit.train import train
+
+    common = dict(
+        cache_dir=str(cache),
+        hookpoint=HOOK,
+        total_tokens=3072,
+        batch_size=256,
+        log_every=2,
+        checkpoint_every=6,
+        norm_estimation_tokens=1000,
+        shuffle_buffer_tokens=1000,
+        progress=False,
+    )
+    # a one-batch dead window, so some latents die and the dead-latent page has content
+    for name, k in ((TOPK_RUN, 4), (WIDE_K_RUN, 8)):
+        sae = SaeConfig(activation="topk", k=k, d_sae=D_SAE, dead_tokens=256)
+        train(TrainConfig(sae=sae, run_dir=str(root / name), **common))
+
+
+if __name__ == "__main__":  # build once for notebooks: SAEKIT_RUN=$(python tests/fixtures_run.py DIR)
+    import sys
+
+    sys.stdout.write(f"{build_fixture_runs(Path(sys.argv[1])) / TOPK_RUN}\n")

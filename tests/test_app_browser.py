@@ -23,9 +23,13 @@ FLAGS = [
 ]  # fmt: skip
 WAIT_MS = 90_000  # the first steering click loads the model inside the server
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (see QUARANTINE.md)")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="pip install playwright (see QUARANTINE.md)"
+)
 if not Path(CHROMIUM).is_file():
-    pytest.skip("Debian chromium missing: apt-get install chromium (see QUARANTINE.md)", allow_module_level=True)
+    pytest.skip(
+        "Debian chromium missing: apt-get install chromium (see QUARANTINE.md)", allow_module_level=True
+    )
 
 
 def free_port() -> int:
@@ -75,7 +79,7 @@ def browser_page(server, tmp_path_factory):
     with playwright_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1400, "height": 1000},
+            viewport={"width": 1400, "height": 2200},
         )  # fmt: skip
         page = context.new_page()
         page.set_default_timeout(WAIT_MS)
@@ -137,4 +141,3 @@ def test_every_page_in_a_real_browser(server, browser_page):
     host = server.split("//", 1)[1]
     outside = [u for u in requests if not u.startswith(("data:", "blob:", "about:")) and host not in u]
     assert requests and not outside, outside[:10]
-

@@ -80,9 +80,10 @@ def test_derived_numbers():
 
 
 def test_every_shipped_config_loads():
+    from saekit.compare import CompareConfig
     from saekit.demo import DemoConfig
 
-    kinds = {"collect": CollectConfig, "topk": TrainConfig, "demo": DemoConfig}
+    kinds = {"collect": CollectConfig, "compare": CompareConfig, "demo": DemoConfig}
     for path in sorted(CONFIGS.glob("*.yaml")):
         cls = next((c for key, c in kinds.items() if key in path.stem), TrainConfig)
         load_config(cls, path)

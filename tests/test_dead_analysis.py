@@ -1,4 +1,4 @@
-"""saekit.analysis.dead on hand-built cases: timeline arithmetic, decoder geometry, pre-activations, export."""
+"""saekit.analysis.dead on hand-built cases: timeline arithmetic, geometry, pre-activations, export."""
 
 import json
 
@@ -29,7 +29,9 @@ def test_timeline_by_hand():
 def test_run_timeline_reads_the_newest_checkpoint(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    save_config(TrainConfig(sae=SaeConfig(k=2, d_sae=4, dead_tokens=50), run_dir=str(run)), run / "config.yaml")
+    save_config(
+        TrainConfig(sae=SaeConfig(k=2, d_sae=4, dead_tokens=50), run_dir=str(run)), run / "config.yaml"
+    )
     for step, counts in ((2, [0, 0, 0, 0]), (4, [0, 60, 10, 200])):
         state = {"step": step, "tokens": 40 * step, "dead_tracker": {"tokens_since_fired": counts}}
         atomic_write_json(run / "checkpoints" / f"step_{step:07d}" / "trainer_state.json", state)
@@ -99,7 +101,13 @@ def test_dead_report_is_json_and_consistent():
     assert report["dead_count"] == 1 and report["d_sae"] == 3
     assert report["dead_fraction"] == pytest.approx(1 / 3)
     (entry,) = report["latents"]
-    assert entry == {"latent": 1, "last_fired_token": 100, "tokens_since_fired": 500, "died_at_token": 200,
-                     "max_cos_to_live": pytest.approx(0.0, abs=1e-6), "subspace_share": entry["subspace_share"]}
+    assert entry == {
+        "latent": 1,
+        "last_fired_token": 100,
+        "tokens_since_fired": 500,
+        "died_at_token": 200,
+        "max_cos_to_live": pytest.approx(0.0, abs=1e-6),
+        "subspace_share": entry["subspace_share"],
+    }
     assert 0.0 <= entry["subspace_share"] <= 1.0 + 1e-6
     assert dead_report(torch.zeros(3, dtype=torch.bool), source="index")["latents"] == []

@@ -22,6 +22,7 @@ from saekit.train.matryoshka import (
     prefix_reconstructions,
     resolve_prefix_weights,
     resolve_prefixes,
+    resort_key,
     sample_prefixes,
 )
 from saekit.train.objectives import auxk_loss, get_objective, mse_scale_from_sample, topk_auxk_objective
@@ -217,11 +218,12 @@ def test_permutation_also_moves_threshold_buffer():
     assert not permute_latents_(sae, torch.arange(32))  # identity: nothing moves
 
 
-def test_sampled_post_step_sorts_latents_by_importance_and_keeps_the_model():
+def test_sampled_post_step_sorts_latents_by_importance_and_keeps_the_model(monkeypatch):
     sae = make_sae(prefix_mode="sampled", n_sampled_prefixes=4, min_prefix_length=2, d_sae=32)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     tracker = DeadLatentTracker(32, dead_tokens=10**6)
     objective = get_objective("matryoshka")
+    monkeypatch.setattr(objective, "resort_every_tokens", 0)  # re-sort after every step
     x_probe = torch.randn(16, 10)
     for _ in range(3):
         out = objective(sae, Batch(torch.randn(64, 10)), dead_mask=tracker.dead_mask(), mse_scale=1.0)
@@ -229,18 +231,38 @@ def test_sampled_post_step_sorts_latents_by_importance_and_keeps_the_model():
         out.loss.backward()
         constrained_adam_step(sae, opt)
         fired_before = out.fired.clone()
+        rows_before = sae.W_dec.detach()[fired_before].sum(0)
         with torch.no_grad():
             before = sae(x_probe).x_hat
         objective.post_step(sae, opt, tracker, out)
         with torch.no_grad():
             torch.testing.assert_close(sae(x_probe).x_hat, before, rtol=1e-6, atol=1e-6)
-        assert out.fired.sum() == fired_before.sum()
+        # out.fired was relabelled with the weights: it marks the same decoder rows as before
+        assert out.fired.sum() == fired_before.sum() and not out.fired.all()
+        torch.testing.assert_close(sae.W_dec.detach()[out.fired].sum(0), rows_before)
         tracker.update(out.fired, 64)
-        importance = objective.importance(sae)
-        assert (importance[:-1] >= importance[1:]).all()  # descending after the re-sort
-    assert importance[0] > 0 and "fvu_first_prefix" in out.metrics
-    # Fired latents were relabelled with the weights: the most important latents all fired this step.
-    assert out.fired[: int((importance > 0).sum().clamp(max=3))].all()
+        key = resort_key(objective.importance(sae))
+        assert (key[:-1] >= key[1:]).all()  # descending (on the log grid) after the re-sort
+    importance = objective.importance(sae)
+    assert importance[0] > 0 and importance[0] >= 0.5 * importance.max()
+    assert "fvu_first_prefix" in out.metrics
+
+
+def test_sampled_resort_waits_for_enough_tokens(monkeypatch):
+    sae = make_sae(prefix_mode="sampled", n_sampled_prefixes=3, d_sae=32)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    objective = get_objective("matryoshka")
+    monkeypatch.setattr(objective, "resort_every_tokens", 100)
+    orders = []
+    for _ in range(4):  # 64 tokens per step: re-sorts after steps 1 (first) and 3 (128 ≥ 100 tokens)
+        out = objective(sae, Batch(torch.randn(64, 10)), dead_mask=None, mse_scale=1.0)
+        opt.zero_grad()
+        out.loss.backward()
+        constrained_adam_step(sae, opt)
+        before = sae.W_dec.detach().clone()
+        objective.post_step(sae, opt, None, out)
+        orders.append(not torch.equal(before, sae.W_dec))
+    assert orders == [True, False, True, False]
 
 
 # ------------------------------------------------------------------------------- synthetic hierarchy

@@ -41,42 +41,76 @@ def bars_from_histogram(
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
     widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
     fig = go.Figure(go.Bar(x=centres, y=list(counts), width=widths, marker_line_width=0))
-    fig.update_layout(height=HEIGHT, xaxis_title=x_title, yaxis_title="count", title=title,
-                      bargap=0, margin=dict(t=40 if title else 10, b=20))
+    fig.update_layout(
+        height=HEIGHT,
+        xaxis_title=x_title,
+        yaxis_title="count",
+        title=title,
+        bargap=0,
+        margin=dict(t=40 if title else 10, b=20),
+    )
     return fig
 
 
-def overlaid_histograms(groups: dict[str, Sequence[float]], x_title: str, *, title: str | None = None,
-                        nbins: int = 50) -> go.Figure:
+def overlaid_histograms(
+    groups: dict[str, Sequence[float]], x_title: str, *, title: str | None = None, nbins: int = 50
+) -> go.Figure:
     """Raw values of a few groups (e.g. dead vs live), overlaid and normalised to probability."""
     fig = go.Figure()
     for name, values in groups.items():
-        fig.add_trace(go.Histogram(x=list(values), name=name, nbinsx=nbins, opacity=0.6,
-                                   histnorm="probability"))
-    fig.update_layout(barmode="overlay", height=HEIGHT, xaxis_title=x_title, yaxis_title="share",
-                      title=title, margin=dict(t=40 if title else 10, b=20))
+        fig.add_trace(
+            go.Histogram(x=list(values), name=name, nbinsx=nbins, opacity=0.6, histnorm="probability")
+        )
+    fig.update_layout(
+        barmode="overlay",
+        height=HEIGHT,
+        xaxis_title=x_title,
+        yaxis_title="share",
+        title=title,
+        margin=dict(t=40 if title else 10, b=20),
+    )
     return fig
 
 
-def labelled_scatter(points: Sequence[dict[str, Any]], x: str, y: str, *, label: str = "name",
-                     title: str | None = None) -> go.Figure:
+def labelled_scatter(
+    points: Sequence[dict[str, Any]], x: str, y: str, *, label: str = "name", title: str | None = None
+) -> go.Figure:
     """One marker per dict (runs on a Pareto plot), labelled; points missing x or y are skipped."""
     kept = [p for p in points if p.get(x) is not None and p.get(y) is not None]
-    fig = go.Figure(go.Scatter(x=[p[x] for p in kept], y=[p[y] for p in kept], mode="markers+text",
-                               text=[str(p[label]) for p in kept], textposition="top center",
-                               marker=dict(size=11)))
+    fig = go.Figure(
+        go.Scatter(
+            x=[p[x] for p in kept],
+            y=[p[y] for p in kept],
+            mode="markers+text",
+            text=[str(p[label]) for p in kept],
+            textposition="top center",
+            marker=dict(size=11),
+            cliponaxis=False,  # labels of points at the plot edge stay readable
+        )
+    )
     fig.update_layout(height=HEIGHT, xaxis_title=x, yaxis_title=y, title=title, margin=dict(t=40, b=20))
     return fig
 
 
-def lines_by_group(series: dict[str, tuple[Sequence[Any], Sequence[Any]]], x_title: str, y_title: str,
-                   *, title: str | None = None, log_y: bool = False) -> go.Figure:
+def lines_by_group(
+    series: dict[str, tuple[Sequence[Any], Sequence[Any]]],
+    x_title: str,
+    y_title: str,
+    *,
+    title: str | None = None,
+    log_y: bool = False,
+) -> go.Figure:
     """One line per named (xs, ys) series."""
     fig = go.Figure()
     for name, (xs, ys) in series.items():
         fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", name=name))
-    fig.update_layout(height=HEIGHT, xaxis_title=x_title, yaxis_title=y_title, title=title,
-                      margin=dict(t=40 if title else 10, b=20))
+    fig.update_layout(
+        height=HEIGHT,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        title=title,
+        margin=dict(t=40 if title else 10, b=20),
+    )
     if log_y:
         fig.update_yaxes(type="log")
     return fig
@@ -87,11 +121,20 @@ def sweep_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     has_target = any("target_logit" in r for r in rows)
     fig = make_subplots(specs=[[{"secondary_y": has_target}]])
     coefs = [r["coef"] for r in rows]
-    fig.add_trace(go.Scatter(x=coefs, y=[r["kl"] for r in rows], mode="lines+markers", name="KL (nats)"),
-                  secondary_y=False)
+    fig.add_trace(
+        go.Scatter(x=coefs, y=[r["kl"] for r in rows], mode="lines+markers", name="KL (nats)"),
+        secondary_y=False,
+    )
     if has_target:
-        fig.add_trace(go.Scatter(x=coefs, y=[r.get("target_logit") for r in rows], mode="lines+markers",
-                                 name=f"logit of {rows[0].get('target_token')!r}"), secondary_y=True)
+        fig.add_trace(
+            go.Scatter(
+                x=coefs,
+                y=[r.get("target_logit") for r in rows],
+                mode="lines+markers",
+                name=f"logit of {rows[0].get('target_token')!r}",
+            ),
+            secondary_y=True,
+        )
         fig.update_yaxes(title_text="target logit", secondary_y=True)
     fig.update_yaxes(title_text="KL(default ‖ steered)", secondary_y=False)
     fig.update_layout(height=HEIGHT, xaxis_title="coefficient", margin=dict(t=30, b=20))
@@ -101,12 +144,15 @@ def sweep_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
 def probability_shift_figure(shift: Sequence[dict[str, Any]]) -> go.Figure:
     """Default vs steered next-token probabilities of the tokens that moved most."""
     tokens = [repr(r["token"]) for r in shift]
-    fig = go.Figure([
-        go.Bar(x=tokens, y=[r["p_default"] for r in shift], name="default"),
-        go.Bar(x=tokens, y=[r["p_steered"] for r in shift], name="steered"),
-    ])
-    fig.update_layout(barmode="group", height=HEIGHT, yaxis_title="next-token probability",
-                      margin=dict(t=10, b=20))
+    fig = go.Figure(
+        [
+            go.Bar(x=tokens, y=[r["p_default"] for r in shift], name="default"),
+            go.Bar(x=tokens, y=[r["p_steered"] for r in shift], name="steered"),
+        ]
+    )
+    fig.update_layout(
+        barmode="group", height=HEIGHT, yaxis_title="next-token probability", margin=dict(t=10, b=20)
+    )
     return fig
 
 

@@ -5,8 +5,8 @@ from disk are `st.cache_data`, keyed by the file's modification time so a re-run
 `saekit index` shows up on the next rerun. App-level session keys start with `app_`.
 
     run = selected_run()                  # RunInfo of the sidebar selection, or None (message shown)
-    index = load_index(run.path)          # LatentIndex, or None when the run has no index
-    model, sae = load_model_and_sae(run.path)
+    index = load_index(run)               # LatentIndex, or None (with the command to build it)
+    model, sae = load_model_and_sae(run)   # cached per model name / SAE file; None after an error
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def sidebar_run_picker() -> None:
     if "app_runs_dir" not in st.session_state:
         st.session_state["app_runs_dir"] = runs_dir_argument()
     st.session_state["app_runs_dir_box"] = st.session_state["app_runs_dir"]
-    st.sidebar.text_input("Runs directory", key="app_runs_dir_box", on_change=_keep,
-                          args=("app_runs_dir_box", "app_runs_dir"))
+    st.sidebar.text_input(
+        "Runs directory", key="app_runs_dir_box", on_change=_keep, args=("app_runs_dir_box", "app_runs_dir")
+    )
     runs, error = discover_runs(st.session_state["app_runs_dir"])
     if error:
         st.sidebar.error(error)
@@ -222,11 +223,19 @@ def load_run_sae_cached(run_path: str, stamp: float) -> Any:
 
 
 @st.cache_data(show_spinner="Generating default and steered text…", max_entries=32)
-def _steer(run_path: str, stamp: float, prompt: str, latents: tuple, max_new_tokens: int, seed: int,
-           temperature: float) -> SteeringResult:
+def _steer(
+    run_path: str,
+    stamp: float,
+    prompt: str,
+    latents: tuple,
+    max_new_tokens: int,
+    seed: int,
+    temperature: float,
+) -> SteeringResult:
     model, sae = _model(_model_name(run_path)), _sae(run_path, stamp)
-    return steer(model, sae, prompt, dict(latents), max_new_tokens=max_new_tokens, seed=seed,
-                 temperature=temperature)
+    return steer(
+        model, sae, prompt, dict(latents), max_new_tokens=max_new_tokens, seed=seed, temperature=temperature
+    )
 
 
 @st.cache_data(show_spinner="Sweeping coefficients…", max_entries=32)
@@ -249,8 +258,9 @@ def _guarded(fn: Any, *args: Any) -> Any:
         return None
 
 
-def steer_live(run: RunInfo, prompt: str, latents: dict[int, float], max_new_tokens: int, seed: int,
-               temperature: float) -> SteeringResult | None:
+def steer_live(
+    run: RunInfo, prompt: str, latents: dict[int, float], max_new_tokens: int, seed: int, temperature: float
+) -> SteeringResult | None:
     """`saekit.analysis.steer` on the run's model + SAE, cached per request."""
     key = tuple(sorted(latents.items()))
     return _guarded(_steer, str(run.path), sae_stamp(run), prompt, key, max_new_tokens, seed, temperature)

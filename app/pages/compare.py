@@ -30,18 +30,30 @@ def pareto_section() -> None:
     points = []
     for name, result in results.items():
         head = eval_headline(result)
-        points.append({"name": name, "method": method_name(evaluated[name].config), "L0": head["l0"],
-                       "FVU": head["fvu"], "CE recovered": head["ce_recovered"]})
+        points.append(
+            {
+                "name": name,
+                "method": method_name(evaluated[name].config),
+                "L0": head["l0"],
+                "FVU": head["fvu"],
+                "CE recovered": head["ce_recovered"],
+            }
+        )
     col_fvu, col_ce = st.columns(2)
-    col_fvu.plotly_chart(plots.labelled_scatter(points, "L0", "FVU", title="L0 vs FVU (lower-left is better)"),
-                         key="compare_pareto_fvu")
+    col_fvu.plotly_chart(
+        plots.labelled_scatter(points, "L0", "FVU", title="L0 vs FVU (lower-left is better)"),
+        key="compare_pareto_fvu",
+    )
     col_ce.plotly_chart(
-        plots.labelled_scatter(points, "L0", "CE recovered", title="L0 vs CE recovered (upper-left is better)"),
+        plots.labelled_scatter(
+            points, "L0", "CE recovered", title="L0 vs CE recovered (upper-left is better)"
+        ),
         key="compare_pareto_ce",
     )
     st.dataframe(points, hide_index=True, key="compare_table")
-    st.caption("Held-out numbers where available, else the cached training rows; CE recovered uses "
-               "zero ablation.")
+    st.caption(
+        "Held-out numbers where available, else the cached training rows; CE recovered uses zero ablation."
+    )
 
 
 def levels_section() -> None:
@@ -49,16 +61,32 @@ def levels_section() -> None:
     levels = {name: eval_levels(result) for name, result in results.items()}
     levels = {name: rows for name, rows in levels.items() if rows}
     if not levels:
-        st.caption("None of the chosen runs has per-prefix (Matryoshka) or per-k (multi/hierarchical TopK) "
-                   "metrics in eval.json.")
+        st.caption(
+            "None of the chosen runs has per-prefix (Matryoshka) or per-k (multi/hierarchical TopK) "
+            "metrics in eval.json."
+        )
         return
-    metrics = sorted({key for rows in levels.values() for row in rows for key, value in row.items()
-                      if key != "level" and isinstance(value, (int, float)) and not isinstance(value, bool)})
+    metrics = sorted(
+        {
+            key
+            for rows in levels.values()
+            for row in rows
+            for key, value in row.items()
+            if key != "level" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+    )
     default = "fvu" if "fvu" in metrics else metrics[0]
     metric = st.selectbox("Metric", metrics, index=metrics.index(default), key="compare_level_metric")
-    series = {name: ([r["level"] for r in rows if r.get(metric) is not None],
-                     [r[metric] for r in rows if r.get(metric) is not None]) for name, rows in levels.items()}
-    st.plotly_chart(plots.lines_by_group(series, "prefix width / k", metric), key="compare_levels_plot")
+    series = {
+        name: (
+            [r["level"] for r in rows if r.get(metric) is not None],
+            [r[metric] for r in rows if r.get(metric) is not None],
+        )
+        for name, rows in levels.items()
+    }
+    kinds = {row.get("kind") for rows in levels.values() for row in rows}
+    axis = {"prefix": "prefix width", "k": "k"}.get(kinds.pop(), "level") if len(kinds) == 1 else "level"
+    st.plotly_chart(plots.lines_by_group(series, axis, metric), key="compare_levels_plot")
 
 
 def l0_section() -> None:
@@ -73,8 +101,10 @@ def l0_section() -> None:
     if not series:
         st.caption("No per-token L0 histograms in the chosen eval.json files.")
         return
-    st.plotly_chart(plots.lines_by_group(series, "active latents per token (L0)", "share of tokens"),
-                    key="compare_l0_plot")
+    st.plotly_chart(
+        plots.lines_by_group(series, "active latents per token (L0)", "share of tokens"),
+        key="compare_l0_plot",
+    )
 
 
 if not results:

@@ -85,8 +85,10 @@ def dead_mask_choice(timeline):
     """The dead-latent definition picked by the user among those this run supports, as a bool mask."""
     options = ([SOURCE_TRACKER] if timeline is not None else []) + ([SOURCE_INDEX] if run.has_index else [])
     if not options:
-        st.info("Per-latent status needs a training checkpoint (dead tracker) or a latent index "
-                f"(`saekit index {run.path}`).")
+        st.info(
+            "Per-latent status needs a training checkpoint (dead tracker) or a latent index "
+            f"(`saekit index {run.path}`)."
+        )
         return None, None
     source = st.radio("Dead latents according to", options, key="dead_source")
     if source == SOURCE_TRACKER:
@@ -104,12 +106,20 @@ def timeline_section(timeline) -> None:
     cols[0].metric("checkpoint step", timeline.step)
     cols[1].metric("tokens seen", f"{timeline.tokens:,}")
     cols[2].metric("dead window (tokens)", f"{timeline.dead_tokens:,}")
-    groups = {"dead": timeline.last_fired_token[timeline.dead].tolist(),
-              "live": timeline.last_fired_token[~timeline.dead].tolist()}
+    groups = {
+        "dead": timeline.last_fired_token[timeline.dead].tolist(),
+        "live": timeline.last_fired_token[~timeline.dead].tolist(),
+    }
     st.plotly_chart(plots.overlaid_histograms(groups, "last fired at token"), key="dead_last_fired")
     dead_ids = timeline.dead.nonzero().flatten().tolist()
-    rows = [{"latent": i, "last fired (token)": int(timeline.last_fired_token[i]),
-             "died at (token)": int(timeline.died_at_token[i])} for i in dead_ids[:500]]
+    rows = [
+        {
+            "latent": i,
+            "last fired (token)": int(timeline.last_fired_token[i]),
+            "died at (token)": int(timeline.died_at_token[i]),
+        }
+        for i in dead_ids[:500]
+    ]
     st.dataframe(rows, hide_index=True, key="dead_timeline_table")
     st.caption("Revivals are not recorded by the trainer: a latent that died and fired again shows as live.")
 
@@ -119,16 +129,24 @@ def geometry_section(geometry, preacts) -> None:
     dead, live = geometry.dead, ~geometry.dead
     cos = {"dead": geometry.max_cos_to_live[dead].tolist(), "live": geometry.max_cos_to_live[live].tolist()}
     col_cos, col_sub = st.columns(2)
-    col_cos.plotly_chart(plots.overlaid_histograms(cos, "max decoder cosine to a live latent"),
-                         key="dead_cosine_plot")
+    col_cos.plotly_chart(
+        plots.overlaid_histograms(cos, "max decoder cosine to a live latent"), key="dead_cosine_plot"
+    )
     if geometry.subspace_share is None:
         col_sub.info("No activation sample (live-trained run or missing cache): subspace share skipped.")
     else:
-        share = {"dead": geometry.subspace_share[dead].tolist(), "live": geometry.subspace_share[live].tolist()}
-        col_sub.plotly_chart(plots.overlaid_histograms(share, "share of direction in the data subspace"),
-                             key="dead_subspace_plot")
-        col_sub.caption(f"Subspace: top {geometry.subspace_rank} principal directions of the activations "
-                        f"({geometry.subspace_variance:.1%} of the variance).")
+        share = {
+            "dead": geometry.subspace_share[dead].tolist(),
+            "live": geometry.subspace_share[live].tolist(),
+        }
+        col_sub.plotly_chart(
+            plots.overlaid_histograms(share, "share of direction in the data subspace"),
+            key="dead_subspace_plot",
+        )
+        col_sub.caption(
+            f"Subspace: top {geometry.subspace_rank} principal directions of the activations "
+            f"({geometry.subspace_variance:.1%} of the variance)."
+        )
     if preacts is not None:
         col_b, col_h = st.columns(2)
         bias = {"dead": preacts["dead_b_enc"].tolist(), "live": preacts["live_b_enc"].tolist()}
@@ -148,9 +166,15 @@ dead_mask, source = dead_mask_choice(timeline)
 if dead_mask is not None:
     n_dead = int(dead_mask.sum())
     st.markdown(f"**{n_dead} dead latents** of {dead_mask.numel()} ({n_dead / dead_mask.numel():.2%})")
-    geometry, preacts = geometry_of(str(run.path), state.sae_stamp(run), tuple(dead_mask.nonzero().flatten().tolist()))
+    geometry, preacts = geometry_of(
+        str(run.path), state.sae_stamp(run), tuple(dead_mask.nonzero().flatten().tolist())
+    )
     geometry_section(geometry, preacts)
     report = dead_report(dead_mask, source=source, timeline=timeline, geometry=geometry)
-    st.download_button("Download dead-latent report (JSON)", data=json.dumps(report, indent=2),
-                       file_name=f"{run.name.replace('/', '_')}_dead_latents.json", mime="application/json",
-                       key="dead_download")
+    st.download_button(
+        "Download dead-latent report (JSON)",
+        data=json.dumps(report, indent=2),
+        file_name=f"{run.name.replace('/', '_')}_dead_latents.json",
+        mime="application/json",
+        key="dead_download",
+    )

@@ -49,7 +49,9 @@ def find_by_ranking() -> None:
 
 
 def find_by_token(side: str, name: str, help_text: str) -> None:
-    token = st.text_input("Token (exact, with its leading space)", key=f"latents_{name}_token", help=help_text)
+    token = st.text_input(
+        "Token (exact, with its leading space)", key=f"latents_{name}_token", help=help_text
+    )
     if not token:
         return
     if index.token_id(token) is None:
@@ -61,10 +63,16 @@ def find_by_token(side: str, name: str, help_text: str) -> None:
 
 
 def find_by_text() -> None:
-    text = st.text_area("Text to encode live with the model and SAE", key="latents_text",
-                        value="The cat sat on the mat. The dog sat on the log.")
-    st.button("Encode", key="latents_encode", on_click=lambda: st.session_state.update(
-        latents_encoded_text=st.session_state["latents_text"]))
+    st.text_area(
+        "Text to encode live with the model and SAE",
+        key="latents_text",
+        value="The cat sat on the mat. The dog sat on the log.",
+    )
+    st.button(
+        "Encode",
+        key="latents_encode",
+        on_click=lambda: st.session_state.update(latents_encoded_text=st.session_state["latents_text"]),
+    )
     encoded_text = st.session_state.get("latents_encoded_text")
     if not encoded_text:
         return
@@ -78,8 +86,10 @@ def find_by_text() -> None:
     for j, latent in enumerate(acts.latents[:8]):
         column = acts.values[:, j].tolist()
         st.markdown(token_heatmap(acts.tokens, column, label=f"latent {latent}"), unsafe_allow_html=True)
-    per_token = [{"position": t, "token": repr(tok), "latents": ", ".join(f"{i} ({v:.2f})" for i, v in row)}
-                 for t, (tok, row) in enumerate(zip(acts.tokens, acts.per_token, strict=True))]
+    per_token = [
+        {"position": t, "token": repr(tok), "latents": ", ".join(f"{i} ({v:.2f})" for i, v in row)}
+        for t, (tok, row) in enumerate(zip(acts.tokens, acts.per_token, strict=True))
+    ]
     st.dataframe(per_token, hide_index=True, key="latents_text_table")
     candidate_picker(acts.latents, "text")
 
@@ -90,8 +100,10 @@ def find_by_text() -> None:
 def examples_block(examples: list, scale: float) -> None:
     for ex in examples:
         label = f"{ex.activation:.2f}"
-        st.markdown(token_heatmap(ex.tokens, ex.acts, centre=ex.centre, scale=scale, label=label),
-                    unsafe_allow_html=True)
+        st.markdown(
+            token_heatmap(ex.tokens, ex.acts, centre=ex.centre, scale=scale, label=label),
+            unsafe_allow_html=True,
+        )
 
 
 def card_header(card) -> None:
@@ -126,23 +138,26 @@ def card_tables(card) -> None:
     col_down.markdown("**Suppressed tokens** (logit −)")
     col_down.dataframe(suppressed, hide_index=True, key="latents_suppressed")
     col_nb.markdown("**Decoder neighbours**")
-    col_nb.dataframe([{"latent": i, "cosine": c} for i, c in card.neighbours], hide_index=True,
-                     key="latents_neighbours")
+    col_nb.dataframe(
+        [{"latent": i, "cosine": c} for i, c in card.neighbours], hide_index=True, key="latents_neighbours"
+    )
     candidate_picker([i for i, _ in card.neighbours], "neighbour")
 
 
 def card_plots(card) -> None:
     col_hist, col_density = st.columns(2)
     with col_hist:
-        fig = plots.bars_from_histogram(card.histogram_edges, card.histogram_counts, "activation",
-                                        title="Activation histogram (non-zero)")
+        fig = plots.bars_from_histogram(
+            card.histogram_edges, card.histogram_counts, "activation", title="Activation histogram (non-zero)"
+        )
         st.plotly_chart(fig, key="latents_histogram")
     with col_density:
         counts, edges = state.index_log_density(run)
         fig = plots.bars_from_histogram(edges, counts, "log10 frequency", title="Density among all latents")
         position = math.log10(card.frequency) if card.frequency > 0 else edges[0]
-        st.plotly_chart(plots.marker_on_histogram(fig, position, f"latent {card.latent}"),
-                        key="latents_density")
+        st.plotly_chart(
+            plots.marker_on_histogram(fig, position, f"latent {card.latent}"), key="latents_density"
+        )
 
 
 def latent_card(latent: int) -> None:

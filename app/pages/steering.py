@@ -44,8 +44,14 @@ def requested_latents(latents_text: str, coefs_text: str) -> dict[int, float] | 
     return dict(zip(latents, coefs * len(latents) if len(coefs) == 1 else coefs, strict=True))
 
 
-FORM_KEYS = ("steer_latents", "steer_coefs", "steer_prompt", "steer_max_new_tokens", "steer_temperature",
-             "steer_seed")
+FORM_KEYS = (
+    "steer_latents",
+    "steer_coefs",
+    "steer_prompt",
+    "steer_max_new_tokens",
+    "steer_temperature",
+    "steer_seed",
+)
 SWEEP_KEYS = ("steer_sweep_latent", "steer_sweep_coefs", "steer_target")
 
 
@@ -68,8 +74,14 @@ def show_generation(request: dict) -> None:
     if latents is None:
         return
     prompt = request["steer_prompt"]
-    result = state.steer_live(run, prompt, latents, int(request["steer_max_new_tokens"]),
-                              int(request["steer_seed"]), float(request["steer_temperature"]))
+    result = state.steer_live(
+        run,
+        prompt,
+        latents,
+        int(request["steer_max_new_tokens"]),
+        int(request["steer_seed"]),
+        float(request["steer_temperature"]),
+    )
     if result is None:
         return
     left, right = st.columns(2)
@@ -108,8 +120,12 @@ def show_scores(latent: int) -> None:
     fmt = lambda v: "n/a" if v is None or math.isnan(v) else f"{v:.4f}"
     if index is not None:
         card = index.latent(latent)
-        scores = {"input_score": card.input_score, "output_score": card.output_score,
-                  "rank_score": card.output_rank_score, "prob_score": card.output_prob_score}
+        scores = {
+            "input_score": card.input_score,
+            "output_score": card.output_score,
+            "rank_score": card.output_rank_score,
+            "prob_score": card.output_prob_score,
+        }
         source = "stored in the index"
     else:
         scores = state.output_score_live(run, latent) or {}
@@ -117,7 +133,9 @@ def show_scores(latent: int) -> None:
     cols = st.columns(4)
     for col, name in zip(cols, ("input_score", "output_score", "rank_score", "prob_score"), strict=True):
         col.metric(name.replace("_", " "), fmt(scores.get(name)))
-    st.caption(f"Scores of latent {latent}, {source}. Arad et al. suggest steering with high-output-score latents.")
+    st.caption(
+        f"Scores of latent {latent}, {source}. Arad et al. suggest steering with high-output-score latents."
+    )
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -129,12 +147,15 @@ st.session_state.setdefault("steer_prompt", "From my experience,")
 with st.form("steer_form"):
     col_a, col_b = st.columns(2)
     col_a.text_input("Latents (comma-separated ids)", key="steer_latents")
-    col_b.text_input("Coefficients (one, or one per latent; boost = coef × max activation)", key="steer_coefs")
+    col_b.text_input(
+        "Coefficients (one, or one per latent; boost = coef × max activation)", key="steer_coefs"
+    )
     st.text_input("Prompt", key="steer_prompt")
     col_n, col_t, col_s = st.columns(3)
     col_n.number_input("New tokens", min_value=1, max_value=64, value=12, key="steer_max_new_tokens")
-    col_t.number_input("Temperature (0 = greedy)", min_value=0.0, max_value=2.0, value=0.7, step=0.1,
-                       key="steer_temperature")
+    col_t.number_input(
+        "Temperature (0 = greedy)", min_value=0.0, max_value=2.0, value=0.7, step=0.1, key="steer_temperature"
+    )
     col_s.number_input("Seed", min_value=0, value=0, step=1, key="steer_seed")
     st.form_submit_button("Generate", key="steer_generate", on_click=_submit, args=("generate", FORM_KEYS))
 

@@ -99,9 +99,7 @@ def max_cosine_to(
 
 
 @torch.no_grad()
-def subspace_share(
-    W_dec: Float[Tensor, "n d_in"], basis: Float[Tensor, "d_in r"]
-) -> Float[Tensor, " n"]:
+def subspace_share(W_dec: Float[Tensor, "n d_in"], basis: Float[Tensor, "d_in r"]) -> Float[Tensor, " n"]:
     """‖U_r U_rᵀ d‖² / ‖d‖² per row: the fraction of each direction inside span(basis) (orthonormal)."""
     rows = W_dec.detach().double()
     inside = (rows @ basis.double()).pow(2).sum(1)

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from saekit.config import SaeConfig, from_dict
 from saekit.errors import ConfigError, RunDirError
+from saekit.sae.activations import get_activation
 from saekit.sae.model import Sae
 
 logger = logging.getLogger(__name__)
@@ -206,4 +207,8 @@ def fold_act_scale(sae: Sae) -> Sae:
     folded.b_enc.div_(c)
     if folded.threshold is not None:
         folded.threshold.div_(c)
+    if sae.cfg.grad_beta and sae.cfg.activation == "gsae":
+        # g-SAE scores h·(1 + β|g W_decᵀ|) with g in the scaled space (g/c): keep the ranking for raw g.
+        folded.cfg = dataclasses.replace(sae.cfg, grad_beta=sae.cfg.grad_beta / c)
+        folded.activation = get_activation(folded.cfg.activation, folded.cfg)
     return folded

@@ -243,7 +243,8 @@ def hierarchical_loss(
     order), without ever holding the B·K·d partial reconstructions (algorithms.md §6.2).
 
     With e0 = x − b_dec, p_i = ⟨e0, d_i⟩, G_ii' = ⟨d_i, d_i'⟩ and a_i = Σ_{j≥i} weights[j]:
-    Σ_j w_j||e_j||² = (Σw)||e0||² − 2 Σ_i a_i v_i p_i + Σ_{i,i'} a_max(i,i') v_i v_i' G_ii'.
+    Σ_j w_j||e_j||² = (Σw)||e0||² − 2 Σ_i a_i v_i p_i + Σ_{i,i'} a_max(i,i') v_i v_i' G_ii'
+    (checked against `hierarchical_loss_direct` in tests, values and gradients).
     Differentiable w.r.t. b_dec, W_dec and values; rows are processed in chunks in forward and backward.
     """
     e0 = x.float() - b_dec.float()
@@ -253,37 +254,38 @@ def hierarchical_loss(
 
 
 class _GramHierarchicalLoss(torch.autograd.Function):
+    """Per row chunk: gather D = W_dec[idx] ([c, K, d]), then p = D e0 and G = D Dᵀ. The weighted Gram
+    matrices are kept for backward (B·K² floats); D is gathered again there instead of saved (B·K·d).
+    Backward: ∂v = 2(A⊙G)v − 2a⊙p, ∂D = 2(A⊙vvᵀ)D − 2(a⊙v)e0ᵀ, ∂e0 = 2(Σw)e0 − 2Dᵀ(a⊙v)."""
+
     @staticmethod
     def forward(ctx, e0, W_dec, indices, values, a, w_total):
-        ctx.save_for_backward(e0, W_dec, indices, values, a, w_total)
         A = _pair_weights(a)
-        total = e0.new_zeros(())
-        for lo, hi in _chunks(e0.shape[0], indices.shape[1], e0.shape[1]):
-            D = W_dec.float()[indices[lo:hi]]  # [c, K, d]: the only K·d-sized buffer, one chunk at a time
-            p = torch.einsum("ckd,cd->ck", D, e0[lo:hi])
-            gram = D @ D.transpose(1, 2)
-            v = values[lo:hi]
-            quad = torch.einsum("ci,ij,cij,cj->", v, A, gram, v)
-            total = total + w_total * e0[lo:hi].pow(2).sum() - 2 * (a * v * p).sum() + quad
-        return total
+        K = indices.shape[1]
+        weighted = e0.new_empty(e0.shape[0], K, K)
+        proj = e0.new_empty(e0.shape[0], K)
+        for lo, hi in _chunks(e0.shape[0], K, e0.shape[1]):
+            D = W_dec.float()[indices[lo:hi]]
+            torch.bmm(D, D.transpose(1, 2), out=weighted[lo:hi]).mul_(A)
+            proj[lo:hi] = torch.bmm(D, e0[lo:hi].unsqueeze(2)).squeeze(2)
+        ctx.save_for_backward(e0, W_dec, indices, values, a, w_total, weighted, proj)
+        quad = torch.bmm(weighted, values.unsqueeze(2)).squeeze(2).mul_(values).sum()
+        return w_total * e0.pow(2).sum() - 2 * (a * values * proj).sum() + quad
 
     @staticmethod
     def backward(ctx, grad):
-        e0, W_dec, indices, values, a, w_total = ctx.saved_tensors
+        e0, W_dec, indices, values, a, w_total, weighted, proj = ctx.saved_tensors
         A = _pair_weights(a)
-        g_e0 = torch.empty_like(e0)
-        g_v = torch.empty_like(values)
+        av = a * values
+        g_v = 2 * torch.bmm(weighted, values.unsqueeze(2)).squeeze(2) - 2 * a * proj
+        g_e0 = 2 * w_total * e0
         g_W = torch.zeros(W_dec.shape, dtype=torch.float32, device=W_dec.device)
         for lo, hi in _chunks(e0.shape[0], indices.shape[1], e0.shape[1]):
-            idx, v, e = indices[lo:hi], values[lo:hi], e0[lo:hi]
+            idx, v, e, c_av = indices[lo:hi], values[lo:hi], e0[lo:hi], av[lo:hi]
             D = W_dec.float()[idx]
-            p = torch.einsum("ckd,cd->ck", D, e)
-            gram = D @ D.transpose(1, 2)
-            av = a * v
-            g_v[lo:hi] = -2 * a * p + 2 * torch.einsum("ij,cij,cj->ci", A, gram, v)
-            mix = A * (v.unsqueeze(2) * v.unsqueeze(1))  # [c, K, K]: A_ii' v_i v_i'
-            g_D = 2 * (mix @ D) - 2 * av.unsqueeze(2) * e.unsqueeze(1)
-            g_e0[lo:hi] = 2 * w_total * e - 2 * torch.einsum("ck,ckd->cd", av, D)
+            mix = (v.unsqueeze(2) * v.unsqueeze(1)).mul_(A)  # A_ii' v_i v_i'
+            g_D = torch.bmm(mix, D).baddbmm_(c_av.unsqueeze(2), e.unsqueeze(1), alpha=-1).mul_(2)
+            g_e0[lo:hi] -= 2 * torch.bmm(c_av.unsqueeze(1), D).squeeze(1)
             g_W.index_add_(0, idx.reshape(-1), g_D.reshape(-1, D.shape[2]))
         return grad * g_e0, (grad * g_W).to(W_dec.dtype), None, grad * g_v, None, None
 

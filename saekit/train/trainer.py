@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from saekit.config import TrainConfig, save_config
 from saekit.errors import DataError, RunDirError
+from saekit.io import atomic_write_json
 from saekit.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -47,7 +48,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         save_config(cfg, run_dir / "config.yaml")
     trainer.fit()
     trainer.sae.normalize_decoder_rows_()  # the last step leaves rows only approximately unit norm
-    _save_final(trainer.sae, run_dir / "final")
+    _save_final(trainer.sae, run_dir / "final", trainer.final_state())
     logger.info("training done: %s", run_dir / "final")
     return run_dir
 
@@ -169,6 +170,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- checkpointing
 
+    def final_state(self) -> dict[str, Any]:
+        """What readers of a finished run need besides the weights: counters and dead-latent state."""
+        return {
+            "step": self.step_count,
+            "tokens": self.tokens,
+            "dead_tracker": _tensors_to_lists(self.tracker.state_dict()),
+        }
+
     def save_checkpoint(self) -> Path:
         state = {
             "step": self.step_count,
@@ -224,10 +233,11 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         )
 
 
-def _save_final(sae, path: Path) -> None:
+def _save_final(sae, path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     sae.save(tmp)
+    atomic_write_json(tmp / "trainer_state.json", state)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
 

@@ -1,0 +1,182 @@
+"""`saekit compare`: train every listed method on the same cache at equal mean L0, evaluate, one table.
+
+Each method is a train YAML (configs/<method>.yaml); the comparison overrides what must be equal (cache,
+hook point, k, width, token budget, batch size) and keeps each method's own settings. Every run is
+resumable, so an interrupted comparison continues; finished runs are only re-evaluated when asked.
+
+    saekit compare configs/compare.yaml total_tokens=100000
+    table = run_compare(load_config(CompareConfig, "configs/compare.yaml"))   # also writes compare.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from saekit.config import EvalConfig, TrainConfig, load_config
+from saekit.errors import ConfigError
+from saekit.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    methods: tuple[str, ...] = ("configs/topk.yaml", "configs/batchtopk.yaml")
+    """Train YAMLs, one per method (paths relative to the working directory)."""
+    cache_dir: str = "runs/cache"
+    hookpoint: str | None = None
+    k: int = 32
+    """Every method trains at this mean L0 (TopK k, BatchTopK average k, MP steps, ...)."""
+    expansion_factor: int = 8
+    total_tokens: int = 200_000
+    batch_size: int = 1024
+    dead_tokens: int = 100_000
+    eval_sequences: int = 16
+    out_dir: str = "runs/compare"
+    progress: bool = True
+
+
+def method_config(cfg: CompareConfig, path: str) -> TrainConfig:
+    """The method's own YAML with the shared settings forced equal."""
+    name = Path(path).stem
+    base = load_config(TrainConfig, path)
+    overrides = {"k": cfg.k, "expansion_factor": cfg.expansion_factor, "dead_tokens": cfg.dead_tokens}
+    if base.sae.k_levels is not None:
+        overrides["k_levels"] = (cfg.k,)
+    if base.sae.prefixes is not None:
+        overrides["prefixes"] = None  # fixed widths would not fit another expansion factor
+    sae = replace(base.sae, **overrides)
+    return replace(
+        base,
+        sae=sae,
+        cache_dir=cfg.cache_dir,
+        hookpoint=cfg.hookpoint,
+        run_dir=str(Path(cfg.out_dir) / name),
+        total_tokens=cfg.total_tokens,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        live=None,
+    )
+
+
+def run_compare(cfg: CompareConfig) -> str:
+    from saekit.activations import open_cache
+    from saekit.eval import evaluate_run
+    from saekit.train import train
+
+    if not cfg.methods:
+        raise ConfigError("methods: list at least one train YAML, e.g. [configs/topk.yaml]")
+    has_grads = open_cache(cfg.cache_dir, cfg.hookpoint).has_grads
+    rows: list[dict[str, Any]] = []
+    for path in cfg.methods:
+        train_cfg = method_config(cfg, path)
+        name = Path(path).stem
+        if train_cfg.sae.activation == "gsae" and not has_grads:
+            logger.warning("skipping %s: the cache has no gradients (collect with capture_grads=true)", name)
+            rows.append({"method": name, "skipped": "cache has no gradients"})
+            continue
+        run_dir = Path(train_cfg.run_dir)
+        if not (run_dir / "final").exists():
+            logger.info("compare: training %s", name)
+            train(train_cfg, resume=(run_dir / "checkpoints").exists())
+        result = evaluate_run(run_dir, EvalConfig(num_sequences=cfg.eval_sequences))
+        rows.append(_row(name, train_cfg, result, run_dir))
+    _add_step_ratios(rows)
+    out = Path(cfg.out_dir) / "compare.json"
+    atomic_write_json(out, {"settings": _settings(cfg), "rows": rows})
+    return format_compare_table(rows) + f"\n\nwritten: {out}"
+
+
+def _row(name: str, train_cfg: TrainConfig, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    heldout, splice = result.get("heldout", {}), result.get("splice", {})
+    recovered = splice.get("ce_recovered", {})
+    row = {
+        "method": name,
+        "activation": train_cfg.sae.activation,
+        "objective": train_cfg.objective,
+        "run_dir": str(run_dir),
+        "l0": heldout.get("l0_mean"),
+        "fvu": heldout.get("fvu"),
+        "fvu_cached": result.get("cached", {}).get("fvu"),
+        "dead": heldout.get("dead_fraction"),
+        "dense": heldout.get("dense_fraction"),
+        "ce_recovered": recovered.get("zero_ablation"),
+        "ce_recovered_mean_abl": recovered.get("mean_ablation"),
+        "kl": (splice.get("kl") or {}).get("sae"),
+        "tokens_per_s": _median_tokens_per_s(run_dir),
+        "levels": result.get("levels"),
+    }
+    grad_mode = (result.get("selection_modes") or {}).get("grad")
+    if grad_mode:  # g-SAE: the top-level numbers are plain selection; add the gradient-selected ones
+        row["fvu_grad"] = (grad_mode.get("heldout") or {}).get("fvu")
+        row["ce_recovered_grad"] = ((grad_mode.get("splice") or {}).get("ce_recovered") or {}).get(
+            "zero_ablation"
+        )
+    return row
+
+
+def _median_tokens_per_s(run_dir: Path) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rates = [json.loads(line)["tokens_per_s"] for line in path.read_text().splitlines() if line]
+    rates = rates[1:] or rates  # the first window includes start-up, when there is more than one
+    return statistics.median(rates) if rates else None
+
+
+def _add_step_ratios(rows: list[dict[str, Any]]) -> None:
+    """Step time relative to TopK, from the training throughput logged in the same comparison."""
+    base = next(
+        (
+            r.get("tokens_per_s")
+            for r in rows
+            if r.get("activation") == "topk" and r.get("objective") == "topk_auxk"
+        ),
+        None,
+    )
+    for row in rows:
+        tps = row.get("tokens_per_s")
+        row["step_time_vs_topk"] = base / tps if base and tps else None
+
+
+def _settings(cfg: CompareConfig) -> dict[str, Any]:
+    from saekit.config import to_dict
+
+    return to_dict(cfg)
+
+
+def format_compare_table(rows: list[dict[str, Any]]) -> str:
+    cols = [
+        ("method", "{}", 20),
+        ("l0", "{:.1f}", 6),
+        ("fvu", "{:.4f}", 7),
+        ("dead", "{:.2%}", 7),
+        ("dense", "{:.2%}", 7),
+        ("ce_recovered", "{:.4f}", 12),
+        ("kl", "{:.4f}", 7),
+        ("step_time_vs_topk", "{:.2f}x", 9),
+    ]
+    header = " ".join(f"{name[:width]:>{width}}" for name, _, width in cols)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"{row['method']:>20} skipped: {row['skipped']}")
+            continue
+        cells = []
+        for name, fmt, width in cols:
+            value = row.get(name)
+            text = fmt.format(value) if value is not None else "-"
+            cells.append(f"{text:>{width}}")
+        lines.append(" ".join(cells))
+        if row.get("levels"):
+            lines.append(f"{'':>20} levels: {_levels_text(row['levels'])}")
+    return "\n".join(lines)
+
+
+def _levels_text(levels: Any) -> str:
+    return json.dumps(levels, default=str)[:200]
