@@ -21,7 +21,10 @@ def test_folded_gsae_selects_the_same_latents_on_raw_inputs():
     plain = folded.encode(x, Batch(acts=x), training=False)  # no gradients: plain TopK
 
     def rows(code):
-        return [sorted(code.indices[a:b].tolist()) for a, b in zip(code.offsets[:-1], code.offsets[1:])]
+        return [
+            sorted(code.indices[a:b].tolist())
+            for a, b in zip(code.offsets[:-1], code.offsets[1:], strict=True)
+        ]
 
     assert rows(raw) == rows(scaled)
     assert rows(plain) != rows(scaled), "beta must matter here, or the test proves nothing"

@@ -373,3 +373,26 @@ def test_cli_eval_writes_per_prefix_levels(tiny_cache, tmp_path):
     levels = json.loads((run / "eval.json").read_text())["levels"]
     assert levels["kind"] == "prefix" and levels["widths"] == [16, 64, 256] and levels["rows"] == 500
     assert levels["fvu"][0] > levels["fvu"][-1]
+
+
+def test_sampled_resume_restores_importance_and_gives_identical_weights(tiny_cache, tmp_path, monkeypatch):
+    import shutil
+
+    from saekit.cli import main
+
+    monkeypatch.setattr(matryoshka_objective, "resort_every_tokens", 256)  # re-sort every 2 steps
+    act = [] if "batchtopk" in ACTIVATIONS else ["sae.activation=topk"]
+    common = [f"cache_dir={tiny_cache}", "progress=false", "batch_size=128", "checkpoint_every=3", *act]
+    config = str(ROOT / "configs/tiny_matryoshka_sampled.yaml")
+    assert main(["train", config, f"run_dir={tmp_path / 'full'}", "total_tokens=1536", *common]) == 0
+    assert main(["train", config, f"run_dir={tmp_path / 'half'}", "total_tokens=768", *common]) == 0
+    state = json.loads((tmp_path / "half/checkpoints/step_0000003/trainer_state.json").read_text())
+    importance = state["objective"]["importance"]
+    assert len(importance) == 256 and max(importance) > 0
+    shutil.rmtree(tmp_path / "half" / "final")  # interrupted after step 6: resume from the step-3 checkpoint
+    assert (
+        main(["train", config, f"run_dir={tmp_path / 'half'}", "total_tokens=1536", *common, "--resume"]) == 0
+    )
+    full, resumed = Sae.load(tmp_path / "full/final"), Sae.load(tmp_path / "half/final")
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(resumed, name), getattr(full, name), rtol=0, atol=0, msg=name)

@@ -15,7 +15,7 @@ main term, which keeps α = 1/32 meaningful. AuxK models the residual of the ful
 (default 1/G). `prefix_mode: sampled` (Nabeshima) draws new cut points every step and, in `post_step`,
 re-sorts latents by an EMA of their importance — permuting weights, threshold, Adam moments and the
 dead-latent counters together so the model and the next optimiser step are unchanged by the re-sort.
-The EMA lives in the objective (per SAE), not in checkpoints: a resumed run restarts it from one batch.
+The EMA lives in the objective (per SAE) and reaches trainer checkpoints through state_dict/load_state_dict.
 
     objective = get_objective("matryoshka")           # cfg.prefix_mode picks fixed or sampled
     out = objective(sae, batch, dead_mask=tracker.dead_mask(), mse_scale=s)
@@ -28,13 +28,14 @@ import functools
 import logging
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saekit.config import SaeConfig
-from saekit.errors import ConfigError
+from saekit.errors import ConfigError, RunDirError
 from saekit.kernels import sparse_decode
 from saekit.sae.model import Sae
 from saekit.train.objectives import StepOutput, auxk_loss, fired_latents, register_objective
@@ -321,6 +322,30 @@ class MatryoshkaObjective:
         state = self._states.get(sae)
         return None if state is None else state.importance
 
+    def state_dict(self, sae: Sae) -> dict[str, Any]:
+        """Sampled-mode state for trainer checkpoints, JSON-native (fp32 values round-trip exactly)."""
+        state = self._states.get(sae)
+        importance = None if state is None or state.importance is None else state.importance.cpu().tolist()
+        return {
+            "importance": importance,
+            "tokens_since_resort": 0 if state is None else state.tokens_since_resort,
+        }
+
+    def load_state_dict(self, sae: Sae, saved: dict[str, Any]) -> None:
+        values = saved.get("importance")
+        state = self._state(sae)
+        state.pending, state.tokens_since_resort = None, int(saved.get("tokens_since_resort", 0))
+        if values is None:
+            state.importance = None
+            return
+        importance = torch.tensor(values, dtype=torch.float32, device=sae.W_dec.device)
+        if importance.shape != (sae.d_sae,):
+            raise RunDirError(
+                f"matryoshka state holds {tuple(importance.shape)} importances but the SAE has "
+                f"d_sae={sae.d_sae}; the checkpoint belongs to a different SAE"
+            )
+        state.importance = importance
+
     def _state(self, sae: Sae) -> _SampledState:
         if sae not in self._states:
             self._states[sae] = _SampledState()
@@ -357,19 +382,10 @@ def _latent_importance(code: SparseCode, W_dec: Float[Tensor, "d_sae d_in"]) -> 
 def _step_output(loss, main, aux, per_prefix, prefixes, sampled, x, residual, code, dead_mask) -> StepOutput:
     with torch.no_grad():
         sq_err = residual.pow(2)
-        batch_var_sum = (x - x.mean(dim=0)).pow(2).sum()
-        stats = torch.stack(
-            [
-                main,
-                aux,
-                loss,
-                per_prefix[-1],
-                sq_err.mean(),
-                sq_err.sum() / batch_var_sum,
-                code.l0_per_row().float().mean(),
-            ]
-        ).detach()
-        main_v, aux_v, total_v, fvu, mse, fvu_batch, l0 = stats.tolist()
+        fvu_batch = sq_err.sum() / (x - x.mean(dim=0)).pow(2).sum()
+        l0 = code.l0_per_row().float().mean()
+        stats = torch.stack([main, aux, loss, per_prefix[-1], sq_err.mean(), fvu_batch, l0]).detach()
+        main_v, aux_v, total_v, fvu, mse, fvu_batch, l0 = stats.tolist()  # one device→host transfer
         prefix_v = per_prefix.detach().tolist()
     metrics = {"fvu": fvu, "fvu_batch": fvu_batch, "mse": mse, "l0": l0}
     if sampled:  # widths change every step: log the smallest prefix by position, with its width
