@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -28,6 +29,14 @@ def expected_budget_bytes(cfg: StepBenchConfig) -> int:
 
 
 def _peak_rss_bytes() -> int:
+    """High-water RSS of this process. VmHWM belongs to the address space, so it starts afresh at exec;
+    ru_maxrss does not (a child started by a big parent reports the parent's peak), so it is the fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
