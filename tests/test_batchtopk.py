@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sae_checks import assert_grads_match_dense_reference
 from safetensors.torch import load_file
 
 import saekit.sae.methods  # noqa: F401  (registers batchtopk, mutual_choice, feature_choice, aux_zipf)
@@ -97,17 +98,7 @@ def test_mutual_choice_and_batchtopk_give_identical_codes():
 def test_sparse_gradients_match_a_dense_reference_with_variable_rows(name):
     sae = make_sae(name)
     x = torch.randn(12, 10)
-    out = sae(x)
-    (out.x_hat - x).pow(2).sum().backward()
-    got = [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
-    sae.zero_grad()
-    h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-    mask = torch.zeros_like(h)
-    mask[out.code.row_ids(), out.code.indices] = 1.0
-    x_hat = (torch.relu(h) * mask) @ sae.W_dec + sae.b_dec
-    (x_hat - x).pow(2).sum().backward()
-    for g, p in zip(got, (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), strict=True):
-        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-5)
+    out, got = assert_grads_match_dense_reference(sae, x)
     unselected = torch.ones(30, dtype=torch.bool)
     unselected[out.code.indices] = False
     assert unselected.any() and torch.count_nonzero(got[0][:, unselected]) == 0

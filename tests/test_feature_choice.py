@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sae_checks import assert_grads_match_dense_reference
 from safetensors.torch import load_file
 
 import saekit.sae.methods  # noqa: F401  (registers feature_choice)
@@ -95,17 +96,7 @@ def test_rows_can_get_no_latent_and_select_matches_encode():
 def test_sparse_gradients_match_a_dense_reference():
     sae = make_sae()
     x = torch.randn(12, 10)
-    out = sae(x)
-    (out.x_hat - x).pow(2).sum().backward()
-    got = [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
-    sae.zero_grad()
-    h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-    mask = torch.zeros_like(h)
-    mask[out.code.row_ids(), out.code.indices] = 1.0
-    x_hat = (torch.relu(h) * mask) @ sae.W_dec + sae.b_dec
-    (x_hat - x).pow(2).sum().backward()
-    for g, p in zip(got, (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), strict=True):
-        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-5)
+    assert_grads_match_dense_reference(sae, x)
 
 
 def test_aux_columns_and_dense_pre_acts_come_back_batch_major():

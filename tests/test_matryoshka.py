@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from sae_checks import train_with_objective
 
 import saekit.sae.methods  # noqa: F401  (registers batchtopk, matryoshka, … until saekit.sae imports it)
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
 from saekit.eval.levels import level_metrics
-from saekit.sae import ACTIVATIONS, Sae, constrained_adam_step, init_sae_from_data_
+from saekit.sae import ACTIVATIONS, Sae, constrained_adam_step
 from saekit.synthetic import HierarchicalData
 from saekit.train.dead import DeadLatentTracker
 from saekit.train.matryoshka import (
@@ -25,7 +26,7 @@ from saekit.train.matryoshka import (
     resort_key,
     sample_prefixes,
 )
-from saekit.train.objectives import auxk_loss, get_objective, mse_scale_from_sample, topk_auxk_objective
+from saekit.train.objectives import auxk_loss, get_objective, topk_auxk_objective
 from saekit.types import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,16 +280,7 @@ def one_thread():
 
 def _train(objective, cfg, data, steps=400, seed=0):
     torch.manual_seed(seed)
-    sae = Sae(data.d_in, cfg)
-    init_sae_from_data_(sae, data.sample(2048))
-    mse_scale = mse_scale_from_sample(data.sample(4096))
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
-    for _ in range(steps):
-        out = objective(sae, Batch(data.sample(512)), dead_mask=None, mse_scale=mse_scale)
-        opt.zero_grad()
-        out.loss.backward()
-        constrained_adam_step(sae, opt)
-    return sae.eval()
+    return train_with_objective(objective, cfg, data, steps=steps, batch_rows=512)
 
 
 def test_matryoshka_prefixes_reconstruct_alone_and_recover_parents_better_than_topk(one_thread):

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from sae_checks import train_with_objective
 
 import saekit.sae.methods  # noqa: F401  (registers the objectives until saekit.sae imports it)
 import saekit.train.multik as multik
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
 from saekit.eval.levels import level_metrics
-from saekit.sae import ACTIVATIONS, Sae, constrained_adam_step, init_sae_from_data_
+from saekit.sae import ACTIVATIONS, Sae
 from saekit.synthetic import SparseDictionaryData
 from saekit.train.multik import (
     SOFT_CAP,
@@ -27,7 +28,7 @@ from saekit.train.multik import (
     multi_topk_objective,
     resolve_msae_levels,
 )
-from saekit.train.objectives import auxk_loss, mse_scale_from_sample, topk_auxk_objective
+from saekit.train.objectives import auxk_loss, topk_auxk_objective
 from saekit.types import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,16 +165,7 @@ def _one_thread():
 
 
 def _train(objective, cfg, data, steps=300):
-    sae = Sae(data.d_in, cfg)
-    init_sae_from_data_(sae, data.sample(2048))
-    mse_scale = mse_scale_from_sample(data.sample(4096))
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
-    for _ in range(steps):
-        out = objective(sae, Batch(data.sample(256)), dead_mask=None, mse_scale=mse_scale)
-        opt.zero_grad()
-        out.loss.backward()
-        constrained_adam_step(sae, opt)
-    return sae.eval()
+    return train_with_objective(objective, cfg, data, steps=steps, batch_rows=256)
 
 
 def test_hierarchical_topk_fvu_is_non_increasing_in_k_after_training():

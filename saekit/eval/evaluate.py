@@ -14,28 +14,27 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from saekit.config import EvalConfig, TrainConfig, load_saved_config, to_dict
 from saekit.errors import CorpusError, RunDirError
+from saekit.eval.cached_rows import cached_row_metrics, iter_last_rows
+from saekit.eval.grad_modes import grad_mode_metrics
 from saekit.eval.levels import LEVEL_OBJECTIVES, level_metrics
 from saekit.eval.metrics import ReconstructionStats
-from saekit.eval.splice import ABLATIONS, EXCLUDED_POSITIONS, reconstruct_with_code, spliced_losses
+from saekit.eval.splice import ABLATIONS, EXCLUDED_POSITIONS, spliced_losses
 from saekit.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 EVAL_FORMAT_VERSION = 1
 DEFAULT_EVAL = EvalConfig()  # frozen, so one shared default instance is safe
-ROW_CHUNK = 4096
-"""Cached rows scored per SAE call; bounds the dense [rows, d_sae] pre-activation memory."""
 
 
 @dataclass(frozen=True)
@@ -81,34 +80,6 @@ def load_train_config(run_dir: Path) -> TrainConfig:
             "run_dir of a training run"
         )
     return load_saved_config(TrainConfig, path)
-
-
-# ---------------------------------------------------------------------------------------- cached rows
-
-
-def iter_last_rows(cache: Any, max_rows: int, key: str = "acts") -> Iterator[Float[Tensor, "chunk d_in"]]:
-    """fp32 chunks (in cache order) covering the last `max_rows` rows, one shard in memory at a time.
-    `key="grads"` gives the stored gradients of the same rows, chunked identically."""
-    sizes = [int(s) for s in cache.shard_sizes]
-    start = max(0, sum(sizes) - max_rows)
-    offset = 0
-    for index, size in enumerate(sizes):
-        if offset + size > start:
-            acts = cache.load_shard(index)[key]
-            for lo in range(max(0, start - offset), size, ROW_CHUNK):
-                yield acts[lo : lo + ROW_CHUNK].float()
-        offset += size
-
-
-def cached_row_metrics(cache: Any, sae: Any, max_rows: int, dense_threshold: float) -> ReconstructionStats:
-    """Reconstruction + sparsity over the last `max_rows` rows of the cache (rows seen in training)."""
-    stats = ReconstructionStats(sae.d_sae, dense_threshold)
-    device = next(iter(sae.parameters())).device
-    for x in iter_last_rows(cache, max_rows):
-        with torch.no_grad():
-            x_hat, code = reconstruct_with_code(sae, x.to(device))
-        stats.update(x, x_hat, code)
-    return stats
 
 
 # ---------------------------------------------------------------------------------------- held-out text
@@ -257,35 +228,6 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
     atomic_write_json(run_dir / "eval.json", result)
     logger.info("wrote %s", run_dir / "eval.json")
     return result
-
-
-def grad_mode_metrics(
-    sae: Any, cache: Any, model: Any, tokens: Tensor, cfg: EvalConfig, mean_act: Tensor
-) -> dict[str, Any]:
-    """The cached/heldout/splice numbers again with gradient-informed selection (algorithms.md §5.5): cached
-    rows use their stored dL/dx, held-out text gets it from one extra forward + backward per batch. The
-    top-level numbers of eval.json are the "plain" mode (TopK selection, no labels needed)."""
-    from saekit.models import capture
-    from saekit.sae.gradient import WithGradients
-
-    cached = None
-    if cache is not None and cache.has_grads:
-        acts = iter_last_rows(cache, cfg.max_eval_rows)
-        grads = iter_last_rows(cache, cfg.max_eval_rows, "grads")
-        fed = WithGradients(sae, zip(acts, grads, strict=True))
-        cached = cached_row_metrics(cache, fed, cfg.max_eval_rows, cfg.dense_threshold).compute()
-
-    # One (acts, grads) chunk per spliced batch, in splice order. Captured up front: a capture inside the
-    # splice hook would run a nested forward that re-enters the hook.
-    chunks = []
-    for lo in range(0, tokens.shape[0], cfg.batch_size):
-        cap = capture(model, tokens[lo : lo + cfg.batch_size], [sae.hookpoint], with_grads=True)
-        chunks.append((cap.acts[sae.hookpoint].flatten(0, 1), cap.grads[sae.hookpoint].flatten(0, 1)))
-    heldout = ReconstructionStats(sae.d_sae, cfg.dense_threshold)
-    fed = WithGradients(sae, chunks)
-    losses = spliced_losses(model, fed, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
-    grad = {"cached": cached, "heldout": heldout.compute(), "splice": losses}
-    return {"top_level": "plain", "grad": grad}
 
 
 def _warn_if_other_model(model: Any, sae: Any) -> None:

@@ -116,14 +116,28 @@ class Activation:
             aux = h.index_select(1, aux_columns) if aux_columns is not None else None
             dense = h if keep_pre_acts else None
             del h  # the [B, d_sae] buffer is the biggest allocation of a step; drop it before backward
-        pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.rows, sel.indices, sel.pre_acts)
-        # ReLU after selection (Gao et al. §1.2 step 4): a row may keep fewer than k non-zeros.
-        code = SparseCode(torch.relu(pre), sel.indices, sel.offsets, sae.d_sae)
-        return Encoded(code, dense, aux)
+        return encode_selection(sae, x, sel, pre_acts=dense, aux_pre_acts=aux)
 
     def params(self) -> dict[str, Any]:
         """Parameters worth logging next to the name (the full SaeConfig is saved anyway)."""
         return {}
+
+
+def encode_selection(
+    sae: Sae,
+    x: Float[Tensor, "batch d_in"],
+    sel: Selection,
+    *,
+    pre_acts: Float[Tensor, "batch d_sae"] | None = None,
+    aux_pre_acts: Float[Tensor, "batch n_aux"] | None = None,
+) -> Encoded:
+    """The tail every selecting `encode` shares: recompute the selected pre-activations under autograd
+    (`encode_selected`, so gradients reach only those W_enc columns), ReLU them into a CSR code, and wrap
+    it with the optional dense h and AuxK columns that were sliced before h was freed."""
+    pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.rows, sel.indices, sel.pre_acts)
+    # ReLU after selection (Gao et al. §1.2 step 4): a row may keep fewer than k non-zeros.
+    code = SparseCode(torch.relu(pre), sel.indices, sel.offsets, sae.d_sae)
+    return Encoded(code, pre_acts, aux_pre_acts)
 
 
 def register_activation(name: str) -> Callable[[type[Activation]], type[Activation]]:

@@ -32,10 +32,9 @@ from torch import Tensor
 
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
-from saekit.kernels import encode_selected
-from saekit.sae.activations import Encoded, Selection, register_activation
+from saekit.sae.activations import Encoded, Selection, encode_selection, register_activation
 from saekit.sae.batchtopk import ThresholdInference, ema_update_
-from saekit.types import Batch, SparseCode
+from saekit.types import Batch
 
 if TYPE_CHECKING:
     from saekit.sae.model import Sae
@@ -115,9 +114,7 @@ class FeatureChoice(ThresholdInference):
             aux = h_t.index_select(0, aux_columns).t().contiguous() if aux_columns is not None else None
             dense = h_t.t() if keep_pre_acts else None
             del h_t  # the biggest buffer of the step; free it before backward
-        pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.rows, sel.indices, sel.pre_acts)
-        code = SparseCode(torch.relu(pre), sel.indices, sel.offsets, sae.d_sae)
-        return Encoded(code, dense, aux)
+        return encode_selection(sae, x, sel, pre_acts=dense, aux_pre_acts=aux)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "fc_tokens_per_latent": self.cfg.fc_tokens_per_latent}

@@ -38,16 +38,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saekit.errors import ConfigError, RunDirError
-from saekit.kernels import encode_selected, sparse_decode
 from saekit.sae.model import Sae
-from saekit.train.objectives import (
-    AUXK_DENSE_MIN_FILL,
-    FIRE_THRESHOLD,
-    StepOutput,
-    auxk_selection,
-    fired_latents,
-    register_objective,
-)
+from saekit.train.objectives import FIRE_THRESHOLD, StepOutput, auxk_loss, fired_latents, register_objective
 from saekit.types import Batch, SparseCode
 
 logger = logging.getLogger(__name__)
@@ -120,32 +112,8 @@ def weighted_auxk_loss(
     """`auxk_loss` over the columns `aux_idx` with each latent's value scaled by its weight:
     ê = Σ_j w_j·ReLU(h_j)·W_dec[j] over the top min(k_aux, n_aux) of h[:, aux_idx] per row, no bias;
     loss = mean((ê − e)²) / mean((e − ē)²) with e the detached residual; non-finite → 0.
-    Same dense/sparse split as `auxk_loss` (dense when each row takes ≥ 25 % of the columns)."""
-    e = residual.detach().float()
-    k = min(k_aux, aux_idx.numel())
-    if dense is None:
-        dense = k >= AUXK_DENSE_MIN_FILL * aux_idx.numel()
-    if dense:
-        h = torch.addmm(sae.b_enc.index_select(0, aux_idx), x - sae.b_dec, sae.W_enc.index_select(1, aux_idx))
-        z = torch.relu(h) * weights
-        if k < aux_idx.numel():
-            with torch.no_grad():  # select on the stored pre-activations, as the sparse path does
-                keep = torch.zeros_like(aux_pre_acts, dtype=torch.bool)
-                keep.scatter_(1, torch.topk(aux_pre_acts, k, dim=1, sorted=False).indices, True)
-            z = z * keep
-        e_hat = z @ sae.W_dec.index_select(0, aux_idx)
-    else:
-        sel = auxk_selection(aux_pre_acts, aux_idx, k)
-        full = torch.zeros(sae.d_sae, dtype=weights.dtype, device=weights.device).index_copy_(
-            0, aux_idx, weights
-        )
-        pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.rows, sel.indices, sel.pre_acts)
-        e_hat = sparse_decode(sel.indices, torch.relu(pre) * full[sel.indices], sel.offsets, sae.W_dec, None)
-    loss = (e_hat - e).pow(2).mean() / (e - e.mean(dim=0)).pow(2).mean()
-    if not torch.isfinite(loss).item():
-        logger.debug("aux_zipf loss was non-finite (%s); using 0 for this step", loss.item())
-        return torch.zeros((), device=x.device)
-    return loss
+    Same dense/sparse split as `auxk_loss` (it is `auxk_loss(..., weights=weights)`)."""
+    return auxk_loss(sae, x, residual, aux_pre_acts, aux_idx, k_aux, weights=weights, dense=dense)
 
 
 # -------------------------------------------------------------------------------------- objective

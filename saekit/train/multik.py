@@ -3,6 +3,8 @@
 All three share one encoder GEMM and one selection: the top-K entries of every row, sorted by value, so
 the code at budget k is the first k columns (supports are nested by construction). Gradients reach the
 encoder only through `encode_selected` on the selected entries; decodes go through `sparse_decode`.
+Level lists and that selection are in `saekit.train.multik_levels` (re-exported here); this module holds
+the Gram-identity loss of HierarchicalTopK, the three objectives and the `topk_softcap` activation.
 
 - `multi_topk` (Gao et al. §5.3): L = L(k) + L(4k)/8 (levels = cfg.k_levels or (k, 4k); weight 1 on the
   first level, 1/8 on each later one), AuxK on the residual of the k-level reconstruction.
@@ -23,37 +25,44 @@ All three need a per-row TopK activation (`topk` / `topk_softcap`) whose k is th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from saekit.config import SaeConfig
-from saekit.errors import ConfigError
-from saekit.kernels import encode_selected
 from saekit.sae.activations import Encoded, TopK, register_activation
 from saekit.sae.model import Sae
 
 # module import (not names): stays valid when the method registry imports these two modules in a cycle
 from saekit.train import matryoshka
+
+# Level lists and the sorted selection live in `saekit.train.multik_levels`; these names stay importable
+# from here (tests and eval.levels import them from this module).
+from saekit.train.multik_levels import (  # noqa: F401
+    PER_ROW_ACTIVATIONS,
+    SOFT_CAP,
+    SortedCode,
+    encode_levels,
+    encode_sorted,
+    level_block_sums,
+    msae_k_levels,
+    msae_level_weights,
+    multi_topk_levels,
+    nested_level_reconstructions,
+    resolve_msae_levels,
+    soft_cap,
+)
 from saekit.train.objectives import StepOutput, auxk_loss, fired_latents, register_objective
+from saekit.train.prefixes import nested_losses, nested_residual
 from saekit.types import Batch, SparseCode
 
 logger = logging.getLogger(__name__)
 
-SOFT_CAP = 30.0
-"""MSAE soft cap: z = 30·tanh(ReLU(h)/30), so |z| < 30 (WolodjaZ/MSAE)."""
 MULTI_TOPK_TAIL_WEIGHT = 1 / 8
 """Gao et al.: the 4k term enters with weight 1/8."""
 GRAM_CHUNK_ELEMENTS = 1 << 22
 """Rows per Gram chunk are chosen so one chunk's gathered decoder rows hold at most this many floats."""
-PER_ROW_ACTIVATIONS = ("topk", "topk_softcap")
-
-
-def soft_cap(u: Float[Tensor, "..."], cap: float = SOFT_CAP) -> Float[Tensor, "..."]:
-    return cap * torch.tanh(u / cap)
 
 
 @register_activation("topk_softcap")
@@ -67,165 +76,6 @@ class TopKSoftCap(TopK):
         code = enc.code
         enc.code = SparseCode(soft_cap(code.values, self.soft_cap), code.indices, code.offsets, code.d_sae)
         return enc
-
-
-# ---------------------------------------------------------------------------------------- levels
-
-
-def multi_topk_levels(cfg: SaeConfig, d_sae: int) -> list[int]:
-    """cfg.k_levels, else (k, 4k) — capped at d_sae, strictly increasing."""
-    levels = list(cfg.k_levels) if cfg.k_levels is not None else [cfg.k, 4 * cfg.k]
-    return _check_levels(sorted({min(int(k), d_sae) for k in levels}), d_sae, "k_levels")
-
-
-def msae_k_levels(start: int, d_sae: int) -> list[int]:
-    """k_1 = start, doubling while below d_sae, then d_sae itself (e.g. 64, 128, …, 4096, 6144)."""
-    if start <= 0:
-        raise ConfigError(f"sae.k_levels[0] must be positive, got {start}")
-    levels, k = [], int(start)
-    while k < d_sae:
-        levels.append(k)
-        k *= 2
-    return [*levels, d_sae]
-
-
-def resolve_msae_levels(cfg: SaeConfig, d_sae: int) -> list[int]:
-    """One entry in cfg.k_levels (or none: cfg.k) is a start to double from; several are used as given."""
-    if cfg.k_levels is not None and len(cfg.k_levels) > 1:
-        return _check_levels([int(k) for k in cfg.k_levels], d_sae, "k_levels")
-    start = cfg.k_levels[0] if cfg.k_levels else cfg.k
-    return msae_k_levels(start, d_sae)
-
-
-def msae_level_weights(n_levels: int, mode: str) -> list[float]:
-    """UW: w_j = 1; RW: w_j = m − j + 1 (largest on the smallest k). Normalised to sum to 1."""
-    if mode == "uniform":
-        raw = [1.0] * n_levels
-    elif mode == "reverse":
-        raw = [float(n_levels - j) for j in range(n_levels)]
-    else:
-        raise ConfigError(f"sae.level_weights must be 'uniform' or 'reverse', got {mode!r}")
-    total = sum(raw)
-    return [w / total for w in raw]
-
-
-def _check_levels(levels: list[int], d_sae: int, name: str) -> list[int]:
-    increasing = all(b > a for a, b in zip(levels, levels[1:], strict=False))
-    if not levels or levels[0] <= 0 or levels[-1] > d_sae or not increasing:
-        raise ConfigError(
-            f"sae.{name} must be strictly increasing values in [1, d_sae={d_sae}]; got {levels}"
-        )
-    return levels
-
-
-# ---------------------------------------------------------------------------------------- selection
-
-
-@dataclass
-class SortedCode:
-    """Per-row selected latents sorted by pre-activation (descending); entry e has rank rank[e] in its row."""
-
-    code: SparseCode
-    """Values carry the gradient (ReLU, plus soft cap for MSAE); entries grouped by row, sorted in it."""
-    ranks: Int[Tensor, " nnz"]
-    aux_pre_acts: Float[Tensor, "batch n_aux"] | None
-
-
-def encode_sorted(
-    sae: Sae,
-    x: Float[Tensor, "batch d_in"],
-    k_max: int,
-    *,
-    all_positive: bool = False,
-    aux_columns: Int[Tensor, " n_aux"] | None = None,
-    cap: float | None = None,
-) -> SortedCode:
-    """Top-k_max entries of each row of h, sorted; with `all_positive`, every other h > 0 entry is appended
-    (ranks ≥ k_max, unsorted — only needed when the last level is the whole dictionary, as in MSAE)."""
-    _require_per_row_activation(sae)
-    x = x.to(sae.W_enc.dtype)
-    batch = x.shape[0]
-    with torch.no_grad():
-        h = torch.addmm(sae.b_enc, x - sae.b_dec, sae.W_enc)
-        vals, idx = torch.topk(h, k_max, dim=1, sorted=True)
-        rows = torch.arange(batch, device=x.device).repeat_interleave(k_max)
-        ranks = torch.arange(k_max, device=x.device).repeat(batch)
-        idx, vals = idx.reshape(-1), vals.reshape(-1)
-        if all_positive and k_max < h.shape[1]:
-            rows, idx, vals, ranks = _append_other_positives(h, idx, rows, vals, ranks, k_max)
-        aux = h.index_select(1, aux_columns) if aux_columns is not None else None
-        del h  # free the [B, d_sae] buffer before backward, as the activation template does
-    pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, rows, idx, vals)
-    values = torch.relu(pre) if cap is None else soft_cap(torch.relu(pre), cap)
-    offsets = torch.zeros(batch + 1, dtype=torch.long, device=x.device)
-    offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=batch), 0)
-    return SortedCode(SparseCode(values, idx, offsets, sae.d_sae), ranks, aux)
-
-
-def encode_levels(
-    sae: Sae,
-    x: Float[Tensor, "batch d_in"],
-    levels: list[int],
-    *,
-    aux_columns: Int[Tensor, " n_aux"] | None = None,
-    cap: float | None = None,
-) -> SortedCode:
-    """The sorted code covering every level. A last level of d_sae means "every positive latent" (TopK at
-    k = n is ReLU), so only the levels below it are sorted and the remaining positives are appended."""
-    whole = levels[-1] == sae.d_sae
-    k_sorted = (levels[-2] if len(levels) > 1 else 0) if whole else levels[-1]
-    return encode_sorted(sae, x, k_sorted, all_positive=whole, aux_columns=aux_columns, cap=cap)
-
-
-def _append_other_positives(h, idx, rows, vals, ranks, k_max):
-    """Add every positive h entry outside the top-k_max, regrouped so each row's entries stay together."""
-    rest = h.clone()
-    rest.view(-1)[rows * h.shape[1] + idx] = float("-inf")
-    extra_rows, extra_idx = torch.nonzero(rest > 0, as_tuple=True)
-    all_rows = torch.cat([rows, extra_rows])
-    order = torch.argsort(all_rows, stable=True)  # stable: the sorted top-k_max stays first in its row
-    extra_ranks = torch.full_like(extra_rows, k_max)
-    return (
-        all_rows[order],
-        torch.cat([idx, extra_idx])[order],
-        torch.cat([vals, h[extra_rows, extra_idx]])[order],
-        torch.cat([ranks, extra_ranks])[order],
-    )
-
-
-def _require_per_row_activation(sae: Sae) -> None:
-    if sae.cfg.activation not in PER_ROW_ACTIVATIONS:
-        raise ConfigError(
-            f"multi-k objectives select their own sorted top-k per row, so they train and run with a per-row "
-            f"TopK activation; got sae.activation={sae.cfg.activation!r}: set sae.activation=topk "
-            "(or topk_softcap for msae)"
-        )
-
-
-def level_block_sums(
-    sorted_code: SortedCode, levels: list[int], W_dec: Float[Tensor, "d_sae d_in"]
-) -> Float[Tensor, "n_levels batch d_in"]:
-    """Block g sums the entries ranked in [k_{g−1}, k_g), so level g's code is blocks 0..g (one decode).
-    Entries ranked beyond the last level are ignored."""
-    code = sorted_code.code
-    bounds = torch.tensor(levels, dtype=sorted_code.ranks.dtype, device=sorted_code.ranks.device)
-    blocks = torch.bucketize(sorted_code.ranks, bounds, right=True)
-    rows, indices, values = code.row_ids(), code.indices, code.values
-    keep = blocks < len(levels)
-    if not bool(keep.all()):
-        rows, blocks, indices, values = rows[keep], blocks[keep], indices[keep], values[keep]
-    return matryoshka.block_sums(indices, values, rows, blocks, len(levels), code.batch_size, W_dec)
-
-
-def nested_level_reconstructions(
-    sorted_code: SortedCode,
-    levels: list[int],
-    W_dec: Float[Tensor, "d_sae d_in"],
-    b_dec: Float[Tensor, " d_in"],
-) -> Float[Tensor, "batch n_levels d_in"]:
-    """x̂ at each k in `levels` (eval and tests; training uses the nested losses directly)."""
-    sums = level_block_sums(sorted_code, levels, W_dec)
-    return (sums.cumsum(0) + b_dec.float()).transpose(0, 1)
 
 
 # ---------------------------------------------------------------------------------------- Gram identity
@@ -328,10 +178,10 @@ def multi_topk_objective(
     dead_idx = matryoshka.dead_columns(sae, dead_mask)
     sc = encode_sorted(sae, x, levels[-1], aux_columns=dead_idx)
     sums = level_block_sums(sc, levels, sae.W_dec)
-    per_level = matryoshka.nested_losses(x, sae.b_dec, sums, mse_scale)
+    per_level = nested_losses(x, sae.b_dec, sums, mse_scale)
     weights = torch.tensor([1.0] + [MULTI_TOPK_TAIL_WEIGHT] * (len(levels) - 1), device=x.device)
     main = (weights * per_level).sum()
-    residual = matryoshka.nested_residual(x, sae.b_dec, sums, 0)
+    residual = nested_residual(x, sae.b_dec, sums, 0)
     aux = _aux(sae, x, residual, sc.aux_pre_acts, dead_idx)
     return _level_output(sae, main, aux, per_level, levels, levels[0], x, residual, sc, dead_mask)
 
@@ -353,8 +203,8 @@ def hierarchical_topk_objective(
     with torch.no_grad():  # one more decode for the logged ends of the hierarchy (§6.5: monitor both)
         levels = [1, K] if K > 1 else [1]
         sums = level_block_sums(_detached(sc), levels, sae.W_dec)
-        per_level = matryoshka.nested_losses(x, sae.b_dec, sums, mse_scale)
-        residual = matryoshka.nested_residual(x, sae.b_dec, sums, len(levels) - 1)
+        per_level = nested_losses(x, sae.b_dec, sums, mse_scale)
+        residual = nested_residual(x, sae.b_dec, sums, len(levels) - 1)
     aux = _aux(sae, x, residual, sc.aux_pre_acts, dead_idx)
     return _level_output(sae, main, aux, per_level, levels, K, x, residual, sc, dead_mask)
 
@@ -375,10 +225,10 @@ def msae_objective(
     x = batch.acts.to(sae.W_dec.dtype)
     sc = encode_levels(sae, x, levels, cap=SOFT_CAP)
     sums = level_block_sums(sc, levels, sae.W_dec)
-    per_level = matryoshka.nested_losses(x, sae.b_dec, sums, mse_scale)
+    per_level = nested_losses(x, sae.b_dec, sums, mse_scale)
     main = (weights.to(x.device) * per_level).sum()
     main_k = sae.cfg.k if sae.cfg.k in levels else levels[0]
-    residual = matryoshka.nested_residual(x, sae.b_dec, sums, levels.index(main_k))
+    residual = nested_residual(x, sae.b_dec, sums, levels.index(main_k))
     aux = torch.zeros((), device=x.device)
     return _level_output(sae, main, aux, per_level, levels, main_k, x, residual, sc, dead_mask)
 

@@ -121,6 +121,7 @@ def auxk_loss(
     dead_idx: Int[Tensor, " n_dead"],
     k_aux: int,
     *,
+    weights: Float[Tensor, " n_dead"] | None = None,
     dense: bool | None = None,
 ) -> Float[Tensor, ""]:
     """AuxK (Gao et al. §A.2, algorithms.md §1.4): the top min(k_aux, n_dead) dead latents per row model the
@@ -135,17 +136,24 @@ def auxk_loss(
     Two exact implementations: when each row selects a large share of the dead columns (always the case
     when n_dead ≤ k_aux, e.g. 1 % dead), the aux code is effectively a dense [B, n_dead] block and small
     GEMMs over it beat gathering B·k rows; otherwise the sparse kernels are used. `dense` forces one.
+
+    `weights` (one per column of `dead_idx`) scale each selected latent's ReLU value before the
+    decode (aux_zipf); None is plain AuxK and skips the multiplication.
     """
     e = residual.detach().float()
     k = min(k_aux, dead_idx.numel())
     if dense is None:
         dense = k >= AUXK_DENSE_MIN_FILL * dead_idx.numel()
     if dense:
-        e_hat = _aux_reconstruction_dense(sae, x, aux_pre_acts, dead_idx, k)
+        e_hat = _aux_reconstruction_dense(sae, x, aux_pre_acts, dead_idx, k, weights)
     else:
         sel = auxk_selection(aux_pre_acts, dead_idx, k)
         pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.rows, sel.indices, sel.pre_acts)
-        e_hat = sparse_decode(sel.indices, torch.relu(pre), sel.offsets, sae.W_dec, None)
+        values = torch.relu(pre)
+        if weights is not None:  # per-column weights scattered to global latent ids, read at the selection
+            full = torch.zeros(sae.d_sae, dtype=weights.dtype, device=weights.device)
+            values = values * full.index_copy_(0, dead_idx, weights)[sel.indices]
+        e_hat = sparse_decode(sel.indices, values, sel.offsets, sae.W_dec, None)
     loss = (e_hat - e).pow(2).mean() / (e - e.mean(dim=0)).pow(2).mean()
     if not torch.isfinite(loss).item():
         logger.debug("AuxK loss was non-finite (%s); using 0 for this step", loss.item())
@@ -159,12 +167,16 @@ def _aux_reconstruction_dense(
     aux_pre_acts: Float[Tensor, "batch n_dead"],
     dead_idx: Int[Tensor, " n_dead"],
     k: int,
+    weights: Float[Tensor, " n_dead"] | None,
 ) -> Float[Tensor, "batch d_in"]:
-    """ê = (ReLU(h_dead) ⊙ top-k mask) W_dec[dead], with h_dead recomputed under autograd by one small GEMM
-    over the dead encoder columns (B·n_dead·d_in), so gradients flow to exactly those columns/rows."""
+    """ê = (ReLU(h_dead) [⊙ weights] ⊙ top-k mask) W_dec[dead], with h_dead recomputed under autograd by one
+    small GEMM over the dead encoder columns (B·n_dead·d_in), so gradients flow to exactly those
+    columns/rows."""
     W_sub = sae.W_enc.index_select(1, dead_idx)
     h = torch.addmm(sae.b_enc.index_select(0, dead_idx), x - sae.b_dec, W_sub)
     z = torch.relu(h)
+    if weights is not None:
+        z = z * weights
     if k < dead_idx.numel():
         with torch.no_grad():  # select on the same values the sparse path would use
             keep = torch.zeros_like(aux_pre_acts, dtype=torch.bool)

@@ -1,0 +1,47 @@
+"""Checks and training loops that several method test files share (imported as a plain module, like
+fixtures_run; pytest puts tests/ on sys.path).
+
+    out, got = assert_grads_match_dense_reference(sae, x)   # the forward output and its checked grads
+    sae = train_with_objective(objective, cfg, data, steps=300, batch_rows=256)
+"""
+
+import torch
+from torch import Tensor
+
+from saekit.sae import Sae, SaeOutput, constrained_adam_step, init_sae_from_data_
+from saekit.train.objectives import mse_scale_from_sample
+from saekit.types import Batch
+
+
+def assert_grads_match_dense_reference(sae: Sae, x: Tensor) -> tuple[SaeOutput, list[Tensor]]:
+    """Backprop a squared error through the SAE's sparse path and through a dense masked-ReLU reference
+    on the same selection; assert equal gradients for W_enc, b_enc, W_dec, b_dec. Returns the forward
+    output and the sparse-path gradients (callers check more, e.g. that unselected columns got none)."""
+    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    out = sae(x)
+    (out.x_hat - x).pow(2).sum().backward()
+    got = [p.grad.clone() for p in params]
+    sae.zero_grad()
+    h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    mask = torch.zeros_like(h)
+    mask[out.code.row_ids(), out.code.indices] = 1.0
+    x_hat = (torch.relu(h) * mask) @ sae.W_dec + sae.b_dec
+    (x_hat - x).pow(2).sum().backward()
+    for g, p in zip(got, params, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-5)
+    return out, got
+
+
+def train_with_objective(objective, cfg, data, *, steps: int, batch_rows: int) -> Sae:
+    """A short Adam + decoder-constraint loop on synthetic `data`, data-initialised; returns the SAE in eval
+    mode. Seeding is the caller's business."""
+    sae = Sae(data.d_in, cfg)
+    init_sae_from_data_(sae, data.sample(2048))
+    mse_scale = mse_scale_from_sample(data.sample(4096))
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for _ in range(steps):
+        out = objective(sae, Batch(data.sample(batch_rows)), dead_mask=None, mse_scale=mse_scale)
+        opt.zero_grad()
+        out.loss.backward()
+        constrained_adam_step(sae, opt)
+    return sae.eval()
