@@ -37,6 +37,11 @@ class CompareConfig:
     batch_size: int = 1024
     dead_tokens: int = 100_000
     eval_sequences: int = 16
+    threshold_ema: float | None = None
+    """Override the inference-threshold EMA rate of batch-coupled methods; short runs need a faster
+    rate than the 0.01 default, or threshold-mode L0 at evaluation drifts from k."""
+    reevaluate: bool = False
+    """Re-run evaluation of runs that already have an eval.json newer than their final/."""
     out_dir: str = "runs/compare"
     progress: bool = True
 
@@ -46,6 +51,8 @@ def method_config(cfg: CompareConfig, path: str) -> TrainConfig:
     name = Path(path).stem
     base = load_config(TrainConfig, path)
     overrides = {"k": cfg.k, "expansion_factor": cfg.expansion_factor, "dead_tokens": cfg.dead_tokens}
+    if cfg.threshold_ema is not None:
+        overrides["threshold_ema"] = cfg.threshold_ema
     if base.sae.k_levels is not None:
         overrides["k_levels"] = (cfg.k,)
     if base.sae.prefixes is not None:
@@ -84,12 +91,23 @@ def run_compare(cfg: CompareConfig) -> str:
         if not (run_dir / "final").exists():
             logger.info("compare: training %s", name)
             train(train_cfg, resume=(run_dir / "checkpoints").exists())
-        result = evaluate_run(run_dir, EvalConfig(num_sequences=cfg.eval_sequences))
+        result = _cached_eval(run_dir) if not cfg.reevaluate else None
+        if result is None:
+            result = evaluate_run(run_dir, EvalConfig(num_sequences=cfg.eval_sequences))
         rows.append(_row(name, train_cfg, result, run_dir))
     _add_step_ratios(rows)
     out = Path(cfg.out_dir) / "compare.json"
     atomic_write_json(out, {"settings": _settings(cfg), "rows": rows})
     return format_compare_table(rows) + f"\n\nwritten: {out}"
+
+
+def _cached_eval(run_dir: Path) -> dict[str, Any] | None:
+    """eval.json when it is newer than the weights it describes (an earlier comparison evaluated them)."""
+    path, weights = run_dir / "eval.json", run_dir / "final" / "sae.safetensors"
+    if path.is_file() and weights.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
+        logger.info("compare: reusing %s", path)
+        return json.loads(path.read_text())
+    return None
 
 
 def _row(name: str, train_cfg: TrainConfig, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -79,3 +79,25 @@ def test_gsae_is_skipped_without_gradients(tmp_path):
     )
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [(r["method"], r.get("skipped")) for r in rows] == [("tiny_gsae", "cache has no gradients")]
+
+
+def test_method_config_forces_the_shared_settings():
+    from saekit.compare import CompareConfig, method_config
+
+    cfg = CompareConfig(
+        cache_dir="c",
+        k=7,
+        expansion_factor=3,
+        total_tokens=999,
+        batch_size=33,
+        threshold_ema=0.2,
+        out_dir="o",
+    )
+    train_cfg = method_config(cfg, str(ROOT / "configs/matryoshka.yaml"))
+    assert (train_cfg.sae.k, train_cfg.sae.expansion_factor, train_cfg.sae.threshold_ema) == (7, 3, 0.2)
+    assert (train_cfg.total_tokens, train_cfg.batch_size, train_cfg.cache_dir) == (999, 33, "c")
+    assert train_cfg.run_dir == str(Path("o") / "matryoshka") and train_cfg.objective == "matryoshka"
+    msae = method_config(cfg, str(ROOT / "configs/msae.yaml"))
+    assert msae.sae.k_levels == (7,)
+    untouched = method_config(CompareConfig(), str(ROOT / "configs/batchtopk.yaml"))
+    assert untouched.sae.threshold_ema == 0.01
