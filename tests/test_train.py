@@ -112,3 +112,18 @@ def test_resume_on_a_cache_of_another_width_fails(tiny_cache, tmp_path):
     train(_cfg(tiny_cache, tmp_path / "run", total_tokens=128 * 4))
     with pytest.raises(DataError, match="d_in="):
         train(_cfg(other, tmp_path / "run", total_tokens=128 * 8), resume=True)
+
+
+def test_live_mode_trains_straight_from_the_model(tmp_path):
+    live = CollectConfig(
+        model="tiny", hookpoints=("blocks.1.hook_resid_post",), context_length=32, batch_size=8
+    )
+    cfg = _cfg(
+        None, tmp_path / "live", cache_dir=None, live=live, total_tokens=128 * 4, norm_estimation_tokens=256
+    )
+    run = train(cfg)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["tokens"] == 128 * 4
+    assert json.loads((run / "final" / "cfg.json").read_text())["d_in"] == 64
+    assert not any(tmp_path.glob("**/*.safetensors.tmp*"))
+    assert not (tmp_path / "live" / "cache").exists(), "live mode must not write an activation cache"
