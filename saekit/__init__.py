@@ -1,8 +1,8 @@
 """saekit: collect activations, train sparse autoencoders, evaluate and explore them.
 
-    from saekit.sae import Sae
-    sae = Sae.load("runs/demo/topk/final")
-    code = sae.encode(x * sae.act_scale)
+from saekit.sae import Sae
+sae = Sae.load("runs/demo/topk/final")
+code = sae.encode(x * sae.act_scale)
 """
 
 __version__ = "0.1.0"

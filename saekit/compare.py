@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from saekit.config import EvalConfig, TrainConfig, load_config
 from saekit.errors import ConfigError
 from saekit.io import atomic_write_json
+from saekit.runs import median_tokens_per_s
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _row(name: str, train_cfg: TrainConfig, result: dict[str, Any], run_dir: Pat
         "ce_recovered": recovered.get("zero_ablation"),
         "ce_recovered_mean_abl": recovered.get("mean_ablation"),
         "kl": (splice.get("kl") or {}).get("sae"),
-        "tokens_per_s": _median_tokens_per_s(run_dir),
+        "tokens_per_s": median_tokens_per_s(run_dir),
         "levels": result.get("levels"),
     }
     grad_mode = (result.get("selection_modes") or {}).get("grad")
@@ -136,15 +136,6 @@ def _row(name: str, train_cfg: TrainConfig, result: dict[str, Any], run_dir: Pat
             "zero_ablation"
         )
     return row
-
-
-def _median_tokens_per_s(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rates = [json.loads(line)["tokens_per_s"] for line in path.read_text().splitlines() if line]
-    rates = rates[1:] or rates  # the first window includes start-up, when there is more than one
-    return statistics.median(rates) if rates else None
 
 
 def _add_step_ratios(rows: list[dict[str, Any]]) -> None:

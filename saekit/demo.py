@@ -72,6 +72,7 @@ def run_demo(cfg: DemoConfig) -> str:
     """Run the three stages and return a printable summary (also written to <out_dir>/summary.json)."""
     from saekit.activations import collect
     from saekit.eval import evaluate_run, format_eval_table
+    from saekit.runs import median_tokens_per_s
     from saekit.train import train
 
     collect_cfg, train_cfg, eval_cfg = demo_configs(cfg)
@@ -91,7 +92,7 @@ def run_demo(cfg: DemoConfig) -> str:
         "train_s": trained - collected,
         "eval_s": done - trained,
         "total_s": done - start,
-        "train_tokens_per_s": _train_throughput(run_dir),
+        "train_tokens_per_s": median_tokens_per_s(run_dir) or float("nan"),
     }
     summary = {"timings": timings, "run_dir": str(run_dir), "cache_dir": collect_cfg.out_dir, "eval": result}
     (Path(cfg.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -105,11 +106,3 @@ def run_demo(cfg: DemoConfig) -> str:
         f"run directory:    {run_dir}  (final/, metrics.jsonl, eval.json)",
     ]
     return "\n".join(lines)
-
-
-def _train_throughput(run_dir: Path) -> float:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return float("nan")
-    rates = sorted(json.loads(line)["tokens_per_s"] for line in path.read_text().splitlines() if line)
-    return rates[len(rates) // 2] if rates else float("nan")

@@ -144,6 +144,13 @@ def load_eval(run_dir: str | Path) -> dict[str, Any] | None:
         raise RunDirError(f"{path} is not valid JSON ({err}); re-run `saekit eval {run_dir}`") from None
 
 
+def median_tokens_per_s(run_dir: str | Path) -> float | None:
+    """Median logged training throughput, leaving out the first window (start-up) when there are more."""
+    rates = [row["tokens_per_s"] for row in load_metrics(run_dir) if "tokens_per_s" in row]
+    rates = rates[1:] or rates
+    return sorted(rates)[len(rates) // 2] if rates else None
+
+
 def latest_trainer_state(run_dir: str | Path) -> dict[str, Any] | None:
     """trainer_state.json of the finished run (final/) or else of the newest checkpoint, or None."""
     from saekit.train.checkpoint import latest_checkpoint

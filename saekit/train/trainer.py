@@ -62,8 +62,9 @@ class Trainer:
         self.mse_scale = mse_scale
         self.objective = get_objective(cfg.objective)
         self.lr = cfg.resolve_lr(sae.d_sae)
+        # fused Adam measured 8x cheaper than the default foreach path on this CPU (design.md §5)
         self.optimizer = torch.optim.Adam(
-            sae.parameters(), lr=self.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, **_fused_kwargs(cfg.device)
+            sae.parameters(), lr=self.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True
         )
         self.tracker = DeadLatentTracker(sae.d_sae, cfg.sae.dead_tokens)
         self.step_count, self.tokens = 0, 0
@@ -248,11 +249,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
-
-
-def _fused_kwargs(device: str) -> dict[str, Any]:
-    # fused Adam measured 8x cheaper than the default foreach path on this CPU (design.md §5)
-    return {"fused": True}
 
 
 def _tensors_to_lists(state: dict[str, Any]) -> dict[str, Any]:
