@@ -15,9 +15,9 @@ from saekit.types import Batch
 
 def assert_grads_match_dense_reference(sae: Sae, x: Tensor) -> tuple[SaeOutput, list[Tensor]]:
     """Backprop a squared error through the SAE's sparse path and through a dense masked-ReLU reference
-    on the same selection; assert equal gradients for W_enc, b_enc, W_dec, b_dec. Returns the forward
+    on the same selection; assert equal gradients for W_enc_T, b_enc, W_dec, b_dec. Returns the forward
     output and the sparse-path gradients (callers check more, e.g. that unselected columns got none)."""
-    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    params = (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)
     out = sae(x)
     (out.x_hat - x).pow(2).sum().backward()
     got = [p.grad.clone() for p in params]

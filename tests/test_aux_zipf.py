@@ -34,7 +34,7 @@ def make_sae(activation="topk", d_in=10, k=4, d_sae=30, **kw):
 
 
 def grads(sae):
-    return [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+    return [p.grad.clone() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
 
 
 # ------------------------------------------------------------------------------------------ target
@@ -118,7 +118,7 @@ def test_weighted_auxk_dense_and_sparse_agree_and_weights_matter():
         results.append([loss.detach(), *grads(sae)])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    w_enc_grad = results[1][1]
+    w_enc_grad = results[1][1].t()  # stored latent-major (W_enc_T)
     assert torch.count_nonzero(w_enc_grad[:, 11]) == 0  # weight 0: no aux gradient for that latent
     outside = torch.ones(30, dtype=torch.bool)
     outside[idx] = False

@@ -101,7 +101,7 @@ def test_sparse_gradients_match_a_dense_reference_with_variable_rows(name):
     out, got = assert_grads_match_dense_reference(sae, x)
     unselected = torch.ones(30, dtype=torch.bool)
     unselected[out.code.indices] = False
-    assert unselected.any() and torch.count_nonzero(got[0][:, unselected]) == 0
+    assert unselected.any() and torch.count_nonzero(got[0][unselected]) == 0  # W_enc_T: latent-major
 
 
 # ------------------------------------------------------------------------------------------ threshold

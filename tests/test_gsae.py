@@ -135,11 +135,11 @@ def test_gradients_are_sparse_and_match_a_dense_masked_reference():
     gsae, _ = make_pair(beta=1.0)
     out = gsae(x, Batch(x, grads=g))
     (out.x_hat - x).pow(2).sum().backward()
-    params = (gsae.W_enc, gsae.b_enc, gsae.W_dec, gsae.b_dec)
+    params = (gsae.W_enc_T, gsae.b_enc, gsae.W_dec, gsae.b_dec)
     got = [p.grad.clone() for p in params]
     unselected = torch.ones(40, dtype=torch.bool)
     unselected[out.code.indices] = False
-    assert torch.count_nonzero(gsae.W_enc.grad[:, unselected]) == 0
+    assert torch.count_nonzero(gsae.W_enc_T.grad.t()[:, unselected]) == 0
     assert torch.count_nonzero(gsae.W_dec.grad[unselected]) == 0
     gsae.zero_grad()
     h = (x - gsae.b_dec) @ gsae.W_enc + gsae.b_enc

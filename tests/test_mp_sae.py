@@ -130,7 +130,7 @@ def test_gradients_match_a_projection_product_reference():
     out = sae(x)
     (out.x_hat - x).pow(2).sum().backward()
     got = (sae.W_dec.grad.clone(), sae.b_dec.grad.clone())
-    assert sae.W_enc.grad is None and sae.b_enc.grad is None  # the tied pursuit never reads them
+    assert sae.W_enc_T.grad is None and sae.b_enc.grad is None  # the tied pursuit never reads them
     sae.zero_grad()
     picks = matching_pursuit(x, sae.W_dec.detach(), sae.b_dec.detach(), 3).indices
     loss = 0.0

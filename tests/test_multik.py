@@ -74,7 +74,7 @@ def test_multi_topk_loss_is_L_k_plus_L_4k_over_8_with_matching_gradients():
     assert out.metrics["fvu_k3"] == pytest.approx(loss_k.item(), rel=1e-5)
     assert out.metrics["fvu_k12"] == pytest.approx(loss_4k.item(), rel=1e-5)
     ref = grads_of(sae, expected)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+    for name in ("W_enc_T", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-6)
 
 
@@ -132,14 +132,14 @@ def test_hierarchical_objective_matches_its_definition_and_touches_only_selected
     expected = sum(0.8 * (dense_topk_recon(sae, x, j)[0] - x).pow(2).mean() for j in range(1, 5)) / 4
     torch.testing.assert_close(out.loss.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
     ref = grads_of(sae, expected)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+    for name in ("W_enc_T", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     unselected = torch.ones(40, dtype=torch.bool)
     unselected[torch.topk(h, 4, dim=1).indices.reshape(-1)] = False
     assert unselected.any()
-    assert torch.count_nonzero(got["W_enc"][:, unselected]) == 0
+    assert torch.count_nonzero(got["W_enc_T"][unselected]) == 0
     assert torch.count_nonzero(got["W_dec"][unselected]) == 0
 
 

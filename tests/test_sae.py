@@ -34,7 +34,9 @@ def test_parameter_layout_and_init_is_tied_unit_norm():
     assert all(p.is_contiguous() for p in sae.parameters())
     x = torch.randn(4, 12)
     (sae(x).x_hat - x).pow(2).sum().backward()
-    assert sae.W_enc.grad.stride() == sae.W_enc.stride()
+    # The encoder is stored latent-major and its sparse gradient arrives in that layout (no transpose copy).
+    assert sae.W_enc_T.shape == (40, 12) and sae.W_enc_T.grad.stride() == sae.W_enc_T.stride()
+    assert sae.W_enc.data_ptr() == sae.W_enc_T.data_ptr()
 
 
 def test_forward_shapes_and_code_is_csr_with_k_per_row():

@@ -73,10 +73,10 @@ def test_latents_outside_the_selection_get_zero_gradient():
     unselected = torch.ones(30, dtype=torch.bool)
     unselected[out.code.indices] = False
     assert unselected.sum() > 0
-    assert torch.count_nonzero(sae.W_enc.grad[:, unselected]) == 0
+    assert torch.count_nonzero(sae.W_enc_T.grad.t()[:, unselected]) == 0
     assert torch.count_nonzero(sae.b_enc.grad[unselected]) == 0
     assert torch.count_nonzero(sae.W_dec.grad[unselected]) == 0
-    assert (sae.W_enc.grad[:, selected].abs().sum(0) > 0).all()
+    assert (sae.W_enc_T.grad.t()[:, selected].abs().sum(0) > 0).all()
     assert (sae.W_dec.grad[selected].abs().sum(1) > 0).all()
 
 
@@ -85,13 +85,13 @@ def test_sae_gradients_match_a_dense_reference():
     x = torch.randn(6, 10)
     out = sae(x)
     (out.x_hat - x).pow(2).sum().backward()
-    got = [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+    got = [p.grad.clone() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
     sae.zero_grad()
     h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     mask = torch.zeros_like(h).scatter(1, out.code.indices.view(6, 4), 1.0)
     x_hat = (torch.relu(h) * mask) @ sae.W_dec + sae.b_dec
     (x_hat - x).pow(2).sum().backward()
-    for g, p in zip(got, (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), strict=True):
+    for g, p in zip(got, (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec), strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-5)
 
 
@@ -104,7 +104,7 @@ def run_objective(sae, x, dead, k_aux=6, aux_coef=1 / 32, mse_scale=1.0):
         sae, Batch(x), dead_mask=dead, mse_scale=mse_scale, aux_coef=aux_coef, k_aux=k_aux
     )
     out.loss.backward()
-    return out, [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+    return out, [p.grad.clone() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
 
 
 def test_auxk_is_zero_and_free_when_nothing_is_dead():
@@ -147,7 +147,7 @@ def test_auxk_dense_and_sparse_paths_agree(n_dead, k_aux):
         loss = auxk_loss(sae, x, x - out.x_hat, out.aux_pre_acts, dead_idx, k_aux, dense=dense)
         loss.backward()
         results.append(
-            [loss.detach()] + [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+            [loss.detach()] + [p.grad.clone() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
         )
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -182,11 +182,11 @@ def test_auxk_gradient_reaches_only_selected_dead_latents_including_the_encoder(
     loss.backward()
     live = torch.ones(30, dtype=torch.bool)
     live[dead_idx] = False
-    assert torch.count_nonzero(sae.W_enc.grad[:, live]) == 0
+    assert torch.count_nonzero(sae.W_enc_T.grad.t()[:, live]) == 0
     assert torch.count_nonzero(sae.b_enc.grad[live]) == 0
     assert torch.count_nonzero(sae.W_dec.grad[live]) == 0
     # Peers' bug to avoid: an AuxK that gives the encoder no gradient.
-    assert sae.W_enc.grad[:, dead_idx].abs().sum() > 0 and sae.b_enc.grad[dead_idx].abs().sum() > 0
+    assert sae.W_enc_T.grad.t()[:, dead_idx].abs().sum() > 0 and sae.b_enc.grad[dead_idx].abs().sum() > 0
     assert sae.W_dec.grad[dead_idx].abs().sum() > 0
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
 from saekit.kernels import encode_selected
+from saekit.sae.row_topk import row_topk
 from saekit.types import Batch, SparseCode
 
 if TYPE_CHECKING:
@@ -111,11 +112,12 @@ class Activation:
         """Dense GEMM under no_grad → select → slice AuxK columns → free h → sparse-grad ReLU code."""
         x = x.to(sae.W_enc.dtype)
         with torch.no_grad():
-            h = torch.addmm(sae.b_enc, x - sae.b_dec, sae.W_enc)
+            # Training steps reuse one h buffer (see Sae.dense_pre_acts); a kept h must be its own tensor.
+            h = sae.dense_pre_acts(x, reuse_buffer=sae.training and not keep_pre_acts)
             sel = self.select(h, sae=sae, batch=batch, training=training)
             aux = h.index_select(1, aux_columns) if aux_columns is not None else None
             dense = h if keep_pre_acts else None
-            del h  # the [B, d_sae] buffer is the biggest allocation of a step; drop it before backward
+            del h
         return encode_selection(sae, x, sel, pre_acts=dense, aux_pre_acts=aux)
 
     def params(self) -> dict[str, Any]:
@@ -190,7 +192,7 @@ class TopK(Activation):
         if self.k > h.shape[1]:
             raise ConfigError(f"sae.k={self.k} exceeds d_sae={h.shape[1]}; lower k or widen the SAE")
         # sorted=False: order inside a row is irrelevant to the decoder and sorting costs time.
-        values, indices = torch.topk(h, self.k, dim=1, sorted=False)
+        values, indices = row_topk(h, self.k)
         return Selection.from_topk(values, indices)
 
     def params(self) -> dict[str, Any]:

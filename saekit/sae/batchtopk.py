@@ -33,6 +33,7 @@ from torch import Tensor
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
 from saekit.sae.activations import Activation, Selection, register_activation
+from saekit.sae.row_topk import row_topk
 from saekit.types import Batch
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def batch_top_entries(
     if per_row >= d_sae or total == 0:
         values, flat = torch.topk(h.reshape(-1), total, sorted=False)
         return flat // d_sae, flat % d_sae, values
-    cand_vals, cand_cols = torch.topk(h, per_row, dim=1, sorted=False)
+    cand_vals, cand_cols = row_topk(h, per_row)
     values, pick = torch.topk(cand_vals.reshape(-1), total, sorted=False)
     floor = values.min()
     saturated = cand_vals.min(dim=1).values > floor
@@ -153,7 +154,7 @@ class ThresholdInference(Activation):
                 self.k,
             )
             self._warned = True
-        values, indices = torch.topk(h, self.k, dim=1, sorted=False)
+        values, indices = row_topk(h, self.k)
         return Selection.from_topk(values, indices)
 
     def params(self) -> dict[str, Any]:

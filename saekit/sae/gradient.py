@@ -27,6 +27,7 @@ from torch import Tensor
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError, DataError
 from saekit.sae.activations import Activation, Selection, register_activation
+from saekit.sae.row_topk import row_topk
 from saekit.types import Batch, SparseCode
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class GradientTopK(Activation):
                 )
             use_grads = False  # inference without labels: plain TopK (algorithms.md §5.5)
         if not use_grads:
-            values, indices = torch.topk(h, self.k, dim=1, sorted=False)
+            values, indices = row_topk(h, self.k)
             return Selection.from_topk(values, indices)
         if grads.shape != (h.shape[0], sae.d_in):
             raise DataError(f"batch.grads has shape {tuple(grads.shape)}, expected {(h.shape[0], sae.d_in)}")

@@ -241,7 +241,7 @@ def _step_output(loss, main, aux, per_prefix, prefixes, sampled, x, residual, co
 
 # ---------------------------------------------------------------------------------------- permutation
 
-_LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+_LATENT_DIM = {"W_enc_T": 0, "b_enc": 0, "W_dec": 0}
 
 
 @torch.no_grad()
@@ -255,8 +255,8 @@ def permute_latents_(
 ) -> bool:
     """Reorder latents in place so new latent p is old latent perm[p]; returns False when perm is identity.
 
-    Moves W_enc columns, b_enc, W_dec rows, the threshold buffer, every optimizer state tensor shaped
-    like those parameters (Adam exp_avg / exp_avg_sq / max_exp_avg_sq), the tracker's dead counters,
+    Moves encoder rows (W_enc_T), b_enc, W_dec rows, the threshold buffer, every optimizer state tensor
+    shaped like those parameters (Adam exp_avg / exp_avg_sq / max_exp_avg_sq), the tracker's dead counters,
     the `extra` per-latent tensors, and calls `sae.activation.permute_latents_(perm)` when the activation
     keeps per-latent state of its own. Only the latents that actually move are copied.
     """

@@ -22,6 +22,7 @@ from saekit.config import SaeConfig
 from saekit.errors import ConfigError
 from saekit.kernels import encode_selected
 from saekit.sae.model import Sae
+from saekit.sae.row_topk import row_topk
 from saekit.train.prefixes import block_sums
 from saekit.types import SparseCode
 
@@ -111,15 +112,15 @@ def encode_sorted(
     x = x.to(sae.W_enc.dtype)
     batch = x.shape[0]
     with torch.no_grad():
-        h = torch.addmm(sae.b_enc, x - sae.b_dec, sae.W_enc)
-        vals, idx = torch.topk(h, k_max, dim=1, sorted=True)
+        h = sae.dense_pre_acts(x, reuse_buffer=sae.training)
+        vals, idx = row_topk(h, k_max, sorted=True)
         rows = torch.arange(batch, device=x.device).repeat_interleave(k_max)
         ranks = torch.arange(k_max, device=x.device).repeat(batch)
         idx, vals = idx.reshape(-1), vals.reshape(-1)
         if all_positive and k_max < h.shape[1]:
             rows, idx, vals, ranks = _append_other_positives(h, idx, rows, vals, ranks, k_max)
         aux = h.index_select(1, aux_columns) if aux_columns is not None else None
-        del h  # free the [B, d_sae] buffer before backward, as the activation template does
+        del h
     pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, rows, idx, vals)
     values = torch.relu(pre) if cap is None else soft_cap(torch.relu(pre), cap)
     offsets = torch.zeros(batch + 1, dtype=torch.long, device=x.device)

@@ -172,7 +172,7 @@ def _aux_reconstruction_dense(
     """ê = (ReLU(h_dead) [⊙ weights] ⊙ top-k mask) W_dec[dead], with h_dead recomputed under autograd by one
     small GEMM over the dead encoder columns (B·n_dead·d_in), so gradients flow to exactly those
     columns/rows."""
-    W_sub = sae.W_enc.index_select(1, dead_idx)
+    W_sub = sae.W_enc_T.index_select(0, dead_idx).t()  # contiguous rows of the latent-major storage
     h = torch.addmm(sae.b_enc.index_select(0, dead_idx), x - sae.b_dec, W_sub)
     z = torch.relu(h)
     if weights is not None:
