@@ -84,6 +84,10 @@ class SaeConfig:
     aux_coef: float = 1 / 32
     dead_tokens: int = 10_000_000
     """A latent is dead after this many training tokens without firing (Gao et al.: 10M)."""
+    encoder_bf16: bool = False
+    """Run the dense encoder GEMM in bf16 (fp32 accumulation inside the GEMM, output rounded to bf16, the
+    bias added in fp32). Weights, the sparse decode, every gradient and the optimiser stay fp32. Faster
+    where bf16 GEMMs are native (GPUs; CPUs with AVX512-BF16 or AMX); selection near ties may differ."""
     init_b_dec: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     normalize_activations: Literal["mean_norm_sqrt_d", "none"] = "mean_norm_sqrt_d"
     """Dataset-wise constant scale so that E||x|| = sqrt(d_in); the factor is stored in cfg.json."""

@@ -2,6 +2,7 @@
 
 saekit bench                                   # d_in=768, d_sae∈{16384,32768}, k∈{32,64}, B=4096
 saekit bench d_sae=4096 k=16 batch=1024 reps=3 memory=false
+saekit bench bf16=true                         # saekit's encoder GEMM in bf16 (sae.encoder_bf16)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _DEFAULTS = {
     "memory": "true",
     "dense": "true",
     "threads": "2",
+    "bf16": "false",
 }
 
 
@@ -49,35 +51,61 @@ def _ints(text: str) -> list[int]:
 def run_bench(args: list[str]) -> str:
     opts = _parse(args)
     torch.set_num_threads(int(opts["threads"]))
-    with_memory, with_dense = opts["memory"] == "true", opts["dense"] == "true"
+    with_memory, with_dense, bf16 = (opts[key] == "true" for key in ("memory", "dense", "bf16"))
     from saekit.kernels import kernel_backend
 
     lines = [
-        f"saekit bench: backend={kernel_backend()} threads={torch.get_num_threads()} fp32; times are "
-        "medians of interleaved repetitions; ratios are to one encoder GEMM [B,d_in]x[d_in,d_sae]",
-        f"{'d_sae':>6} {'k':>3} {'B':>5} | {'gemm s':>7} {'step':>6} {'+auxk':>6} {'dense':>6} "
-        f"{'dense/saekit':>12} | peak MiB (budget): saekit / +auxk / dense",
+        f"saekit bench: backend={kernel_backend()} threads={torch.get_num_threads()} fp32"
+        f"{' (saekit encoder GEMM in bf16)' if bf16 else ''}; times are "
+        "medians of interleaved repetitions; ratios are to one encoder GEMM [B,d_in]x[d_in,d_sae] into a "
+        "fresh output (step/warm: to the same GEMM into a preallocated output)",
+        f"{'d_sae':>6} {'k':>3} {'B':>5} | {'gemm ms':>8} {'step':>6} {'+auxk':>6} {'dense':>6} "
+        f"{'dense/saekit':>12} {'step/warm':>9} | peak MiB (budget): saekit / +auxk / dense",
     ]
+    peaks: dict[int, list[tuple[int, float, float]]] = {}
     for d_sae, k in itertools.product(_ints(opts["d_sae"]), _ints(opts["k"])):
         cfg = StepBenchConfig(
-            d_in=int(opts["d_in"]), d_sae=d_sae, k=k, batch=int(opts["batch"]), reps=int(opts["reps"])
+            d_in=int(opts["d_in"]),
+            d_sae=d_sae,
+            k=k,
+            batch=int(opts["batch"]),
+            reps=int(opts["reps"]),
+            encoder_bf16=bf16,
         )
         logger.info("timing d_sae=%d k=%d", d_sae, k)
-        r = time_step_ratios(cfg, include_dense=with_dense)
-        dense = (
-            f"{r['dense_ratio']:6.2f} {r['dense_over_saekit']:12.2f}" if with_dense else f"{'-':>6} {'-':>12}"
-        )
-        row = (
-            f"{d_sae:>6} {k:>3} {cfg.batch:>5} | {r['gemm_s']:7.3f} {r['saekit_ratio']:6.2f} "
-            f"{r['saekit_auxk_ratio']:6.2f} {dense} |"
-        )
+        row = _timing_row(cfg, time_step_ratios(cfg, include_dense=with_dense), with_dense)
         if with_memory:
             variants = ["saekit", "saekit_auxk"] + (["dense"] if with_dense else [])
             mems = [measure_in_subprocess(v, cfg) for v in variants]
             row += " " + " / ".join(f"{m['peak_mib']:.0f}" for m in mems) + f" ({mems[0]['budget_mib']:.0f})"
+            peaks.setdefault(k, []).append((d_sae, mems[0]["peak_mib"], mems[0]["budget_mib"]))
         lines.append(row)
+    lines += _memory_growth_lines(peaks)
     lines.append(
         "targets (issue 3): step ≤ 1.35× GEMM at d_sae=16384,k=32; +auxk ≤ 1.5× with 1% dead; "
-        "dense ≥ 4× saekit; peak near the budget (weights+grads+Adam+one [B,d_sae] tensor)"
+        "dense ≥ 4× saekit; peak grows with d_sae only as the budget does (weights+grads+Adam+one "
+        "[B,d_sae] tensor)"
     )
     return "\n".join(lines)
+
+
+def _timing_row(cfg: StepBenchConfig, r: dict[str, float], with_dense: bool) -> str:
+    dense = f"{r['dense_ratio']:6.2f} {r['dense_over_saekit']:12.2f}" if with_dense else f"{'-':>6} {'-':>12}"
+    return (
+        f"{cfg.d_sae:>6} {cfg.k:>3} {cfg.batch:>5} | {r['gemm_s'] * 1e3:8.2f} {r['saekit_ratio']:6.2f} "
+        f"{r['saekit_auxk_ratio']:6.2f} {dense} {r['saekit_over_warm_gemm']:9.2f} |"
+    )
+
+
+def _memory_growth_lines(peaks: dict[int, list[tuple[int, float, float]]]) -> list[str]:
+    """How saekit's peak grows between consecutive widths, against the budget's growth: the constant part
+    of the peak (imports' allocator state, batch-sized tensors) cancels out, what depends on d_sae stays."""
+    lines = []
+    for k, points in peaks.items():
+        points.sort()
+        for (d0, p0, b0), (d1, p1, b1) in itertools.pairwise(points):
+            lines.append(
+                f"memory k={k}: d_sae {d0}→{d1}: saekit peak +{p1 - p0:.0f} MiB vs budget +{b1 - b0:.0f} MiB "
+                f"({(p1 - p0) / (b1 - b0):.2f}×)"
+            )
+    return lines

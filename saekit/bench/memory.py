@@ -71,10 +71,18 @@ def measure_in_subprocess(variant: str, cfg: StepBenchConfig) -> dict[str, float
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _field_value(key: str, text: str) -> float | int | bool:
+    if key == "dead_fraction":
+        return float(text)
+    if key == "encoder_bf16":
+        return text == "True"
+    return int(text)
+
+
 def _main(argv: list[str]) -> None:
     opts = dict(arg.split("=", 1) for arg in argv)
     variant = opts.pop("variant", "saekit")
-    fields = {k: (float(v) if k == "dead_fraction" else int(v)) for k, v in opts.items()}
+    fields = {k: _field_value(k, v) for k, v in opts.items()}
     sys.stdout.write(json.dumps(measure_here(variant, StepBenchConfig(**fields))) + "\n")
 
 

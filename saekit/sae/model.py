@@ -106,10 +106,18 @@ class Sae(nn.Module):
         `reuse_buffer=True` (training steps) writes h into one scratch tensor kept between calls: a fresh
         [B, d_sae] allocation is page-faulted in on first touch every step on CPU (70 ms of a 0.64 s GEMM at
         B=4096, d_sae=16384, 2 cores). The result is then overwritten by the next such call, so callers
-        must not keep it. The scratch is dropped by `.eval()`.
+        must not keep it. The scratch is dropped by `.eval()`. CPU only: CUDA's caching allocator already
+        recycles blocks, and there a persistent h would only raise the backward's peak memory.
         """
-        out = self._scratch.get((x.shape[0], self.d_sae), x.dtype, x.device) if reuse_buffer else None
-        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc, out=out)
+        reuse = reuse_buffer and x.device.type == "cpu"
+        out = self._scratch.get((x.shape[0], self.d_sae), x.dtype, x.device) if reuse else None
+        if not self.cfg.encoder_bf16:
+            return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc, out=out)
+        # h comes back in fp32 so every selection rule, AuxK slice and threshold sees the usual dtype.
+        h_low = (x - self.b_dec).to(torch.bfloat16) @ self.W_enc.to(torch.bfloat16)
+        out = torch.empty(h_low.shape, dtype=x.dtype, device=x.device) if out is None else out
+        # Upcast, then add: 23 ms at [4096, 16384] on 2 cores, vs 98 ms for one mixed-dtype add.
+        return out.copy_(h_low).add_(self.b_enc)
 
     def train(self, mode: bool = True) -> Sae:
         if not mode:
