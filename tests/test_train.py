@@ -127,3 +127,21 @@ def test_live_mode_trains_straight_from_the_model(tmp_path):
     assert json.loads((run / "final" / "cfg.json").read_text())["d_in"] == 64
     assert not any(tmp_path.glob("**/*.safetensors.tmp*"))
     assert not (tmp_path / "live" / "cache").exists(), "live mode must not write an activation cache"
+
+
+def test_resume_from_a_checkpoint_of_another_parameter_layout_fails_clearly(tiny_cache, tmp_path):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    train(_cfg(tiny_cache, run, total_tokens=128 * 6))
+    step = run / "checkpoints" / "step_0000003"
+    moments = load_file(str(step / "optimizer.safetensors"))
+    # As written before the encoder became latent-major: parameter 0's moments in [d_in, d_sae].
+    old = {k: (v.t().contiguous() if k.startswith("0.exp_avg") else v) for k, v in moments.items()}
+    assert any(old[key].shape != moments[key].shape for key in moments)
+    save_file(old, str(step / "optimizer.safetensors"))
+    import shutil
+
+    shutil.rmtree(run / "final")
+    with pytest.raises(RunDirError, match="another saekit parameter layout"):
+        train(_cfg(tiny_cache, run, total_tokens=128 * 9), resume=True)

@@ -89,11 +89,27 @@ def _restore_optimizer(
     for key, value in tensors.items():
         param_id, name = key.split(".", 1)
         state.setdefault(int(param_id), {})[name] = value
+    _check_moment_shapes(optimizer, state)
     groups = meta["param_groups"]
     for group in groups:
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _check_moment_shapes(optimizer: torch.optim.Optimizer, state: dict[int, dict[str, torch.Tensor]]) -> None:
+    """Adam moments must match their parameters' shapes; a mismatch means the checkpoint was written with
+    another parameter layout (e.g. before the encoder was stored latent-major) and cannot be resumed."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for param_id, fields in state.items():
+        for name, value in fields.items():
+            if value.dim() > 0 and param_id < len(params) and value.shape != params[param_id].shape:
+                raise RunDirError(
+                    f"optimizer state {name} of parameter {param_id} has shape {tuple(value.shape)} but the "
+                    f"parameter is {tuple(params[param_id].shape)}: this checkpoint comes from another "
+                    "saekit parameter layout; train from scratch (its sae/ directory still loads with "
+                    "Sae.load)"
+                )
 
 
 def _prune(root: Path, keep_last: int) -> None:
