@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from saekit.config import TrainConfig, save_config
 from saekit.errors import DataError, RunDirError
-from saekit.io import atomic_write_json
+from saekit.io import atomic_write_json, atomic_write_text
 from saekit.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -40,7 +40,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     _check_run_dir(run_dir, resume)
     torch.manual_seed(cfg.seed)
     source = open_training_source(cfg)
-    trainer = Trainer.create(cfg, source, run_dir)
+    # On resume the checkpoint supplies weights, act_scale and mse_scale: skip the data initialisation.
+    trainer = Trainer.create(cfg, source, run_dir, init_from_data=not resume)
     if resume:
         trainer.restore(latest_checkpoint(run_dir / "checkpoints"))
     else:
@@ -72,13 +73,16 @@ class Trainer:
         self._window_start = time.perf_counter()
 
     @classmethod
-    def create(cls, cfg: TrainConfig, source: TrainingSource, run_dir: Path) -> Trainer:
-        """Build and initialise an SAE from the source's sample (scale, b_dec, tied encoder)."""
+    def create(
+        cls, cfg: TrainConfig, source: TrainingSource, run_dir: Path, *, init_from_data: bool = True
+    ) -> Trainer:
+        """Build an SAE and initialise it from the source's sample (scale, b_dec, tied encoder); with
+        `init_from_data=False` (resume) the weights and scales are left for `restore` to load."""
         from saekit.sae import Sae, estimate_act_scale, init_sae_from_data_
         from saekit.train.objectives import mse_scale_from_sample
 
         sample = source.sample.to(cfg.device)
-        scale = estimate_act_scale(sample, cfg.sae.normalize_activations)
+        scale = estimate_act_scale(sample, cfg.sae.normalize_activations) if init_from_data else 1.0
         sae = Sae(
             source.d_in,
             cfg.sae,
@@ -87,6 +91,8 @@ class Trainer:
             model_id=source.model_id,
             extra_cfg={"source": source.description},
         ).to(cfg.device)
+        if not init_from_data:
+            return cls(cfg, source, sae, 1.0, run_dir)
         scaled = sae.scale_input(sample)
         init_sae_from_data_(sae, scaled)
         mse_scale = mse_scale_from_sample(scaled)  # fixed FVU denominator (Gao et al. train.py)
@@ -248,7 +254,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _tensors_to_lists(state: dict[str, Any]) -> dict[str, Any]:
