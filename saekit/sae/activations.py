@@ -117,7 +117,7 @@ class Activation:
             sel = self.select(h, sae=sae, batch=batch, training=training)
             aux = h.index_select(1, aux_columns) if aux_columns is not None else None
             dense = h if keep_pre_acts else None
-            del h
+            del h  # a fresh h (eval, GPU) is the step's biggest buffer: free it before backward
         return encode_selection(sae, x, sel, pre_acts=dense, aux_pre_acts=aux)
 
     def params(self) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def encode_sorted(
         if all_positive and k_max < h.shape[1]:
             rows, idx, vals, ranks = _append_other_positives(h, idx, rows, vals, ranks, k_max)
         aux = h.index_select(1, aux_columns) if aux_columns is not None else None
-        del h
+        del h  # a fresh h (eval, GPU) is the step's biggest buffer: free it before backward
     pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, rows, idx, vals)
     values = torch.relu(pre) if cap is None else soft_cap(torch.relu(pre), cap)
     offsets = torch.zeros(batch + 1, dtype=torch.long, device=x.device)
