@@ -260,6 +260,32 @@ def test_dead_counter_resets_on_fire_and_grows_by_tokens():
         DeadLatentTracker(6, 100).load_state_dict(tracker.state_dict())
 
 
+def test_log_window_reports_revivals_and_dense_fraction_then_restarts():
+    tracker = DeadLatentTracker(4, dead_tokens=10)
+    tracker.update(torch.tensor([True, True, False, False]), n_tokens=10)  # latents 2, 3 now dead
+    assert tracker.window_summary() == {"revived": 0.0}  # no counts given: no dense fraction
+    # New window: 2 and 3 start dead; 2 fires again (revived). Latent 0 fires on 9 of 20 rows (dense at
+    # 10%), latent 1 on 1 of 20 (not dense), latent 2 on 2 of 20 (10%: not above the threshold).
+    tracker.update(torch.tensor([True, True, True, False]), 10, counts=torch.tensor([5, 1, 2, 0]))
+    tracker.update(torch.tensor([True, False, False, False]), 10, counts=torch.tensor([4, 0, 0, 0]))
+    summary = tracker.window_summary(dense_frequency=0.1)
+    assert summary == {"revived": 1.0, "dense_fraction": pytest.approx(0.25)}
+    assert tracker.window_summary() == {"revived": 0.0}  # a fresh window: nothing happened in it
+
+
+def test_permute_moves_counters_and_window_statistics():
+    tracker = DeadLatentTracker(3, dead_tokens=5)
+    tracker.update(torch.tensor([False, True, False]), 5)  # 0 and 2 dead
+    tracker.window_summary()
+    tracker.update(torch.tensor([True, False, False]), 4, counts=torch.tensor([3, 0, 0]))  # 0 revived
+    tracker.permute_(torch.tensor([2, 0, 1]))  # new 0 = old 2, new 1 = old 0, new 2 = old 1
+    assert tracker.tokens_since_fired.tolist() == [9, 0, 4]
+    assert tracker.window_counts.tolist() == [0, 3, 0]
+    assert tracker.window_dead_at_start.tolist() == [True, True, False]
+    summary = tracker.window_summary(dense_frequency=0.5)
+    assert summary == {"revived": 1.0, "dense_fraction": pytest.approx(1 / 3)}
+
+
 def test_dead_latents_from_training_feed_auxk():
     sae, x = make_sae(), torch.randn(12, 10)
     tracker = DeadLatentTracker(30, dead_tokens=20)

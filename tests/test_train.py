@@ -72,8 +72,9 @@ def test_metrics_log_and_final_checkpoint(tiny_cache, tmp_path):
     run = train(_cfg(tiny_cache, tmp_path / "run"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 12 and rows[-1]["tokens"] == 12 * 128
-    for key in ("loss", "fvu", "l0", "dead_fraction", "lr", "tokens_per_s"):
+    for key in ("loss", "fvu", "l0", "dead_fraction", "dense_fraction", "revived", "lr", "tokens_per_s"):
         assert key in rows[-1], key
+    assert all(0 <= r["dense_fraction"] <= 1 and r["revived"] >= 0 for r in rows)
     assert rows[-1]["l0"] <= 4
     cfg = json.loads((run / "final" / "cfg.json").read_text())
     assert cfg["d_in"] == 64 and cfg["d_sae"] == 128 and cfg["act_scale"] > 0

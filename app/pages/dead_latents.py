@@ -53,13 +53,18 @@ def geometry_of(run_path: str, stamp: float, dead_ids: tuple[int, ...]):
 def training_curves() -> None:
     st.subheader("Over training")
     rows = state.metrics_of(run)
-    keys = ["dead_fraction", "dense_fraction", "n_dead"]
+    keys = ["dead_fraction", "dense_fraction", "n_dead", "revived"]
     if not rows:
         st.info("metrics.jsonl is empty or missing.")
         return
     st.plotly_chart(plots.curves_figure(rows, keys), key="dead_curves")
-    if not any("dense_fraction" in r for r in rows):
-        st.caption("The trainer does not log a dense fraction; only the dead fraction is shown.")
+    if any("dense_fraction" in r for r in rows):
+        st.caption(
+            "Per log window: dense = share of latents firing on more than 10% of the window's tokens; "
+            "revived = latents dead when the window began that fired in it."
+        )
+    else:
+        st.caption("This run predates saekit's dense-fraction log; only the dead fraction is shown.")
 
 
 def density_histogram() -> None:

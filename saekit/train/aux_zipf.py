@@ -39,7 +39,7 @@ from torch import Tensor
 
 from saekit.errors import ConfigError, RunDirError
 from saekit.sae.model import Sae
-from saekit.train.objectives import FIRE_THRESHOLD, StepOutput, auxk_loss, fired_latents, register_objective
+from saekit.train.objectives import FIRE_THRESHOLD, StepOutput, auxk_loss, firing, register_objective
 from saekit.types import Batch, SparseCode
 
 logger = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def _step_output(loss, main, aux, x, sq_err, code: SparseCode, n_dead: int, n_un
             "n_dead": float(n_dead),
             "n_underutilised": float(n_under),
         },
-        fired=fired_latents(code),
+        **firing(code),
     )
 
 

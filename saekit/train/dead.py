@@ -2,8 +2,11 @@
 tokens without firing. Counting tokens rather than steps keeps the threshold meaningful across batch sizes.
 
     tracker = DeadLatentTracker(d_sae, dead_tokens=10_000_000)
-    tracker.update(step_out.fired, n_tokens=len(batch))
+    tracker.update(step_out.fired, n_tokens=len(batch), counts=step_out.fire_counts)
     dead = tracker.dead_mask()                     # feeds the next step's AuxK
+    tracker.window_summary()                       # {"revived": …, "dense_fraction": …} since the last call
+
+The log window (what `window_summary` reports on) is not part of checkpoints: after a resume it restarts.
 """
 
 from __future__ import annotations
@@ -14,9 +17,14 @@ from torch import Tensor
 
 from saekit.errors import RunDirError
 
+DENSE_FREQUENCY = 0.1
+"""A latent counts as dense in a log window when it fires on more than this fraction of its tokens (the
+same default as `saekit eval`'s dense_threshold)."""
+
 
 class DeadLatentTracker:
-    """Per-latent count of tokens since the latent last fired (int64, starts at 0: nothing dead at first)."""
+    """Per-latent count of tokens since the latent last fired (int64, starts at 0: nothing dead at first),
+    plus per-window statistics for the training log: revivals and firing counts."""
 
     def __init__(self, d_sae: int, dead_tokens: int, device: str | torch.device = "cpu") -> None:
         if dead_tokens <= 0:
@@ -24,17 +32,57 @@ class DeadLatentTracker:
         self.d_sae = d_sae
         self.dead_tokens = int(dead_tokens)
         self.tokens_since_fired: Int[Tensor, " d_sae"] = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        device = self.tokens_since_fired.device
+        self.window_tokens = 0
+        self.window_counts: Int[Tensor, " d_sae"] | None = None
+        self.window_fired = torch.zeros(self.d_sae, dtype=torch.bool, device=device)
+        self.window_dead_at_start = torch.zeros(self.d_sae, dtype=torch.bool, device=device)
 
     @torch.no_grad()
-    def update(self, fired: Bool[Tensor, " d_sae"], n_tokens: int) -> None:
-        """Add `n_tokens` to every counter, then reset the latents that fired this step to 0.
+    def update(
+        self, fired: Bool[Tensor, " d_sae"], n_tokens: int, counts: Int[Tensor, " d_sae"] | None = None
+    ) -> None:
+        """Add `n_tokens` to every counter, then reset the latents that fired this step to 0. `counts`
+        (rows each latent fired on, optional) accumulate into the log window's firing frequencies.
 
         Under data parallelism pass the global token count of the step and call `all_reduce_()` after.
         """
         fired = fired.to(device=self.tokens_since_fired.device, dtype=torch.bool)
         assert fired.shape == (self.d_sae,), f"fired must be [{self.d_sae}], got {tuple(fired.shape)}"
+        if self.window_tokens == 0:
+            self.window_dead_at_start = self.dead_mask()
+        self.window_fired |= fired
+        if counts is not None:
+            counts = counts.to(device=fired.device, dtype=torch.long)
+            self.window_counts = counts.clone() if self.window_counts is None else self.window_counts + counts
+        self.window_tokens += int(n_tokens)
         self.tokens_since_fired += int(n_tokens)
         self.tokens_since_fired.masked_fill_(fired, 0)
+
+    @torch.no_grad()
+    def window_summary(self, dense_frequency: float = DENSE_FREQUENCY) -> dict[str, float]:
+        """Since the previous call: `revived` (latents dead when the window began that fired in it) and,
+        when counts were given, `dense_fraction` (share of latents firing on > dense_frequency of the
+        window's tokens). Starts a new window."""
+        summary = {"revived": float((self.window_dead_at_start & self.window_fired).sum().item())}
+        if self.window_counts is not None and self.window_tokens > 0:
+            frequency = self.window_counts.double() / self.window_tokens
+            summary["dense_fraction"] = (frequency > dense_frequency).double().mean().item()
+        self._reset_window()
+        return summary
+
+    @torch.no_grad()
+    def permute_(self, perm: Int[Tensor, " d_sae"]) -> None:
+        """Relabel latents (new latent p is old latent perm[p]): counters and window statistics move."""
+        perm = perm.to(self.tokens_since_fired.device)
+        self.tokens_since_fired = self.tokens_since_fired[perm]
+        self.window_fired = self.window_fired[perm]
+        self.window_dead_at_start = self.window_dead_at_start[perm]
+        if self.window_counts is not None:
+            self.window_counts = self.window_counts[perm]
 
     def all_reduce_(self) -> None:
         """Element-wise MIN across ranks (alive on any rank = alive); a no-op without a process group."""

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from saekit.errors import RunDirError
 from saekit.sae.model import Sae
-from saekit.train.objectives import StepOutput, auxk_loss, fired_latents, register_objective
+from saekit.train.objectives import StepOutput, auxk_loss, firing, register_objective
 
 # The prefix math lives in `saekit.train.prefixes`; these names stay importable from here (tests,
 # eval.levels and older code import them from this module).
@@ -135,7 +135,7 @@ class MatryoshkaObjective:
         """Sampled mode: fold this step's importance into the EMA; when due, re-sort latents by it
         (descending) — weights, threshold, Adam moments, dead counters and the EMA move together.
 
-        Also permutes `out.fired`, because the trainer updates the dead-latent tracker after this hook.
+        Also permutes `out.fired` / `out.fire_counts`: the trainer updates the tracker after this hook.
         """
         if sae.cfg.prefix_mode != "sampled":
             return
@@ -154,6 +154,8 @@ class MatryoshkaObjective:
         moved = permute_latents_(sae, perm, optimizer=optimizer, tracker=tracker, extra=[state.importance])
         if moved:
             out.fired = out.fired[perm.to(out.fired.device)]
+            if out.fire_counts is not None:
+                out.fire_counts = out.fire_counts[perm.to(out.fire_counts.device)]
 
     def importance(self, sae: Sae) -> Float[Tensor, " d_sae"] | None:
         """The current importance EMA of `sae` (None before the first sampled step)."""
@@ -235,7 +237,7 @@ def _step_output(loss, main, aux, per_prefix, prefixes, sampled, x, residual, co
         loss=loss,
         losses={"main": main_v, "aux": aux_v, "total": total_v},
         metrics=metrics,
-        fired=fired_latents(code),
+        **firing(code),
     )
 
 
@@ -283,8 +285,7 @@ def permute_latents_(
     for t in extra:
         move(t, 0)
     if tracker is not None:
-        state = tracker.state_dict()
-        tracker.load_state_dict({key: value[perm.cpu()] for key, value in state.items()})
+        tracker.permute_(perm)
     if hasattr(sae.activation, "permute_latents_"):
         sae.activation.permute_latents_(perm)
     return True

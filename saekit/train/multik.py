@@ -53,7 +53,7 @@ from saekit.train.multik_levels import (  # noqa: F401
     resolve_msae_levels,
     soft_cap,
 )
-from saekit.train.objectives import StepOutput, auxk_loss, fired_latents, register_objective
+from saekit.train.objectives import StepOutput, auxk_loss, firing, register_objective
 from saekit.train.prefixes import nested_losses, nested_residual
 from saekit.types import Batch, SparseCode
 
@@ -269,5 +269,5 @@ def _level_output(sae, main, aux, per_level, levels, main_k, x, residual, sc, de
         loss=loss,
         losses={"main": main_v, "aux": aux_v, "total": total_v},
         metrics=metrics,
-        fired=fired_latents(sc.code),
+        **firing(sc.code),
     )

@@ -1,7 +1,7 @@
 """Training objectives: `objective(sae, batch, **kw) -> StepOutput`, looked up by name in one registry.
 
 Objectives change the loss, never the model (style.md §2): TopK+AuxK now; Matryoshka, Multi-TopK and
-HierarchicalTopK plug in with `@register_objective` and reuse `auxk_loss` / `fired_latents`.
+HierarchicalTopK plug in with `@register_objective` and reuse `auxk_loss` / `firing`.
 
 Contract: `batch.acts` is already in the SAE's normalised space (raw activations times `sae.act_scale`;
 the trainer scales each batch). All losses and metrics are fp32. The main term is FVU with a fixed
@@ -52,6 +52,8 @@ class StepOutput:
     """fvu, l0, mse, …, as floats."""
     fired: Bool[Tensor, " d_sae"]
     """Latents selected with value > 1e-3 in at least one row of this batch."""
+    fire_counts: Int[Tensor, " d_sae"] | None = None
+    """Rows of this batch on which each latent fired (value > 1e-3); feeds the dense fraction log."""
 
 
 def register_objective(name: str) -> Callable[[Objective], Objective]:
@@ -91,10 +93,20 @@ def mse_scale_from_sample(x: Float[Tensor, "n d_in"]) -> float:
 
 
 @torch.no_grad()
+def fire_counts(code: SparseCode) -> Int[Tensor, " d_sae"]:
+    """Per latent, the number of code entries with a value above FIRE_THRESHOLD (rows it fired on)."""
+    return torch.bincount(code.indices[code.values > FIRE_THRESHOLD], minlength=code.d_sae)
+
+
+@torch.no_grad()
 def fired_latents(code: SparseCode) -> Bool[Tensor, " d_sae"]:
-    fired = torch.zeros(code.d_sae, dtype=torch.bool, device=code.indices.device)
-    fired[code.indices[code.values > FIRE_THRESHOLD]] = True
-    return fired
+    return fire_counts(code) > 0
+
+
+def firing(code: SparseCode) -> dict[str, Tensor]:
+    """`fired` and `fire_counts` for a StepOutput: `StepOutput(..., **firing(code))`."""
+    counts = fire_counts(code)
+    return {"fired": counts > 0, "fire_counts": counts}
 
 
 AUXK_DENSE_MIN_FILL = 0.25
@@ -212,7 +224,7 @@ def topk_auxk_objective(
     losses, metrics = step_metrics(x, out.x_hat, out.code, {"main": main, "aux": aux, "total": loss})
     metrics["fvu"] = losses["main"]  # the main term is FVU with the fixed (dataset) denominator
     metrics["n_dead"] = 0.0 if dead_mask is None else float(dead_mask.sum().item())
-    return StepOutput(loss=loss, losses=losses, metrics=metrics, fired=fired_latents(out.code))
+    return StepOutput(loss=loss, losses=losses, metrics=metrics, **firing(out.code))
 
 
 def dead_columns(dead_mask: Bool[Tensor, " d_sae"] | None, device: torch.device) -> Int[Tensor, " n"] | None:

@@ -150,7 +150,7 @@ class Trainer:
         constrained_adam_step(self.sae, self.optimizer)
         if hasattr(self.objective, "post_step"):  # e.g. Matryoshka latent re-sorting (+ Adam moments)
             self.objective.post_step(self.sae, self.optimizer, self.tracker, out)
-        self.tracker.update(out.fired, len(batch))
+        self.tracker.update(out.fired, len(batch), counts=out.fire_counts)
         self.step_count += 1
         self.tokens += len(batch)
         return {"loss": float(out.loss.detach()), **out.losses, **out.metrics}
@@ -164,6 +164,7 @@ class Trainer:
             tokens=self.tokens,
             lr=self.lr,
             dead_fraction=self.tracker.dead_fraction(),
+            **self.tracker.window_summary(),
             tokens_per_s=len(self._window) * self.cfg.batch_size / max(elapsed, 1e-9),
         )
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
