@@ -10,7 +10,7 @@ trainer on a normalised sample (`mse_scale_from_sample`). AuxK settings default 
 
     objective = get_objective(sae.cfg)            # or by name: get_objective("topk_auxk")
     out = objective(sae, batch, dead_mask=tracker.dead_mask(), mse_scale=s)
-    out.loss.backward(); tracker.update(out.fired, len(batch))
+    out.loss.backward(); tracker.update(out.fired, len(batch), counts=out.fire_counts)
 """
 
 from __future__ import annotations
@@ -96,11 +96,6 @@ def mse_scale_from_sample(x: Float[Tensor, "n d_in"]) -> float:
 def fire_counts(code: SparseCode) -> Int[Tensor, " d_sae"]:
     """Per latent, the number of code entries with a value above FIRE_THRESHOLD (rows it fired on)."""
     return torch.bincount(code.indices[code.values > FIRE_THRESHOLD], minlength=code.d_sae)
-
-
-@torch.no_grad()
-def fired_latents(code: SparseCode) -> Bool[Tensor, " d_sae"]:
-    return fire_counts(code) > 0
 
 
 def firing(code: SparseCode) -> dict[str, Tensor]:
