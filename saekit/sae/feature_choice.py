@@ -109,21 +109,12 @@ class FeatureChoice(ThresholdInference):
             )
         x = x.to(sae.W_enc.dtype)
         with torch.no_grad():
-            h_t = _latent_major_pre_acts(sae, x)
+            h_t = sae.dense_pre_acts(x, latent_major=True, reuse_buffer=sae.training and not keep_pre_acts)
             sel = self.select_latent_major(h_t, sae)
             aux = h_t.index_select(0, aux_columns).t().contiguous() if aux_columns is not None else None
             dense = h_t.t() if keep_pre_acts else None
-            del h_t  # the biggest buffer of the step; free it before backward
+            del h_t  # a fresh h_t (eval, GPU) is the step's biggest buffer: free it before backward
         return encode_selection(sae, x, sel, pre_acts=dense, aux_pre_acts=aux)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "fc_tokens_per_latent": self.cfg.fc_tokens_per_latent}
-
-
-def _latent_major_pre_acts(sae: Sae, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "d_sae batch"]:
-    """hᵀ = W_enc_T (x − b_dec)ᵀ + b_enc in fp32; with `encoder_bf16` the GEMM runs in bf16, as in
-    Sae.dense_pre_acts."""
-    if not sae.cfg.encoder_bf16:
-        return torch.addmm(sae.b_enc.unsqueeze(1), sae.W_enc_T, (x - sae.b_dec).t())
-    h_t = sae.W_enc_T.to(torch.bfloat16) @ (x - sae.b_dec).t().to(torch.bfloat16)
-    return h_t.to(x.dtype).add_(sae.b_enc.unsqueeze(1))  # upcast, then add (see Sae.dense_pre_acts)

@@ -99,25 +99,33 @@ class Sae(nn.Module):
 
     @torch.no_grad()
     def dense_pre_acts(
-        self, x: Float[Tensor, "batch d_in"], *, reuse_buffer: bool = False
-    ) -> Float[Tensor, "batch d_sae"]:
-        """h = (x − b_dec) W_enc + b_enc, without grad (the one dense GEMM of a step).
+        self, x: Float[Tensor, "batch d_in"], *, reuse_buffer: bool = False, latent_major: bool = False
+    ) -> Float[Tensor, "batch d_sae"] | Float[Tensor, "d_sae batch"]:
+        """h = (x − b_dec) W_enc + b_enc, without grad (the one dense GEMM of a step); `latent_major=True`
+        returns hᵀ [d_sae, B] directly (contiguous per-latent rows, for per-latent selection).
 
         `reuse_buffer=True` (training steps) writes h into one scratch tensor kept between calls: a fresh
         [B, d_sae] allocation is page-faulted in on first touch every step on CPU (70 ms of a 0.64 s GEMM at
         B=4096, d_sae=16384, 2 cores). The result is then overwritten by the next such call, so callers
         must not keep it. The scratch is dropped by `.eval()`. CPU only: CUDA's caching allocator already
         recycles blocks, and there a persistent h would only raise the backward's peak memory.
+        With `cfg.encoder_bf16` the GEMM runs in bf16 and h still comes back in fp32 (bias added in fp32),
+        so every selection rule, AuxK slice and threshold sees the usual dtype.
         """
+        x_centered = x - self.b_dec
+        if latent_major:
+            lhs, rhs, bias = self.W_enc_T, x_centered.t(), self.b_enc.unsqueeze(1)
+        else:
+            lhs, rhs, bias = x_centered, self.W_enc, self.b_enc
+        shape = (lhs.shape[0], rhs.shape[1])
         reuse = reuse_buffer and x.device.type == "cpu"
-        out = self._scratch.get((x.shape[0], self.d_sae), x.dtype, x.device) if reuse else None
+        out = self._scratch.get(shape, x.dtype, x.device) if reuse else None
         if not self.cfg.encoder_bf16:
-            return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc, out=out)
-        # h comes back in fp32 so every selection rule, AuxK slice and threshold sees the usual dtype.
-        h_low = (x - self.b_dec).to(torch.bfloat16) @ self.W_enc.to(torch.bfloat16)
-        out = torch.empty(h_low.shape, dtype=x.dtype, device=x.device) if out is None else out
+            return torch.addmm(bias, lhs, rhs, out=out)
+        h_low = lhs.to(torch.bfloat16) @ rhs.to(torch.bfloat16)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device) if out is None else out
         # Upcast, then add: 23 ms at [4096, 16384] on 2 cores, vs 98 ms for one mixed-dtype add.
-        return out.copy_(h_low).add_(self.b_enc)
+        return out.copy_(h_low).add_(bias)
 
     def train(self, mode: bool = True) -> Sae:
         if not mode:

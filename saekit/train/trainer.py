@@ -81,7 +81,7 @@ class Trainer:
         from saekit.sae import Sae, estimate_act_scale, init_sae_from_data_
         from saekit.train.objectives import mse_scale_from_sample
 
-        sample = source.sample.to(cfg.device)
+        sample = source.sample.to(cfg.device) if init_from_data else None
         scale = estimate_act_scale(sample, cfg.sae.normalize_activations) if init_from_data else 1.0
         sae = Sae(
             source.d_in,
