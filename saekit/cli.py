@@ -73,36 +73,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from saekit.analysis import build_index
+    from saekit.config import IndexConfig, load_config, to_dict
 
-    opts = _parse_index_options(args.overrides)
-    path = build_index(Path(args.run), **opts)
+    cfg = load_config(IndexConfig, args.config, args.overrides)
+    path = build_index(Path(args.run), **to_dict(cfg))
     sys.stdout.write(f"index: {path}\n")
     return 0
-
-
-def _parse_index_options(items: list[str]) -> dict:
-    import yaml
-
-    from saekit.errors import ConfigError
-
-    allowed = {
-        "num_sequences",
-        "context_length",
-        "batch_size",
-        "top_examples",
-        "quantile_bins",
-        "examples_per_bin",
-        "compute_output_scores",
-        "logit_lens_top_k",
-        "seed",
-    }
-    opts = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in allowed:
-            raise ConfigError(f"index option {item!r}: use key=value with keys {sorted(allowed)}")
-        opts[key] = yaml.safe_load(value)
-    return opts
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -130,43 +106,73 @@ def cmd_hooks(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from saekit.bench import run_bench
+    from saekit.config import BenchConfig, load_config
 
-    sys.stdout.write(run_bench(args.args) + "\n")
+    path, overrides = _split_config_and_overrides(args.args)
+    sys.stdout.write(run_bench(load_config(BenchConfig, path, overrides)) + "\n")
     return 0
+
+
+def stage_keys_help(stage: str) -> str:
+    """Every key of a stage's config with its default and doc (`saekit <stage> --help`)."""
+    from saekit.config import STAGE_CONFIGS, TrainConfig
+    from saekit.config_io import describe_fields, format_help
+
+    cls = STAGE_CONFIGS[stage]
+    rows = [row for row in describe_fields(cls) if not row[0].startswith("sae.params")]
+    text = f"keys (YAML or key=value; defaults shown):\n{format_help(rows)}"
+    if cls is TrainConfig:
+        text += "\n\n" + _method_keys_help()
+    return text
+
+
+def _method_keys_help() -> str:
+    from saekit.config_io import describe_fields, format_help
+    from saekit.sae import METHODS
+
+    parts = ["method keys (sae.<key> or sae.params.<key>), by sae.method:"]
+    for name, method in sorted(METHODS.items()):
+        parts.append(f"\n{name}: {method.summary}")
+        parts.append(format_help(describe_fields(method.params, "sae.")))
+    return "\n".join(parts)
+
+
+_STAGES = (
+    ("collect", "cache activations: [CONFIG.yaml] [key=value ...]", "args"),
+    ("train", "train an SAE: [CONFIG.yaml] [key=value ...] [--resume]", "args"),
+    ("eval", "evaluate a run: RUN_DIR [key=value ...]", "run"),
+    ("demo", "collect, train and evaluate on the embedded model end to end", "args"),
+    ("compare", "train + evaluate several methods at equal L0: [CONFIG] [key=value ...]", "args"),
+    ("index", "build the latent index of a run: RUN_DIR [key=value ...]", "run"),
+    ("bench", "speed/memory benchmarks, printed as ratios measured in one run: [key=value ...]", "args"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse-autoencoder workbench.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("collect", help="cache activations: CONFIG.yaml [key=value ...]")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
-    p.set_defaults(func=cmd_collect)
-
-    p = sub.add_parser("train", help="train an SAE: CONFIG.yaml [key=value ...]")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
-    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("eval", help="evaluate a run: RUN_DIR [key=value ...]")
-    p.add_argument("run", help="run directory written by `saekit train`")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--config", default=None, help="optional eval YAML")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("demo", help="collect, train and evaluate on the embedded model end to end")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("compare", help="train + evaluate several methods at equal L0: CONFIG [key=value ...]")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("index", help="build the latent index of a run: RUN_DIR [key=value ...]")
-    p.add_argument("run", help="run directory written by `saekit train`")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_index)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_StageParser)
+    handlers = {
+        "collect": cmd_collect,
+        "train": cmd_train,
+        "eval": cmd_eval,
+        "demo": cmd_demo,
+        "compare": cmd_compare,
+        "index": cmd_index,
+        "bench": cmd_bench,
+    }
+    for name, summary, shape in _STAGES:
+        p = sub.add_parser(name, help=summary, description=summary)
+        p.stage = name
+        if shape == "run":
+            p.add_argument("run", help="run directory written by `saekit train`")
+            p.add_argument("overrides", nargs="*", metavar="key=value")
+            p.add_argument("--config", default=None, help="optional YAML with these keys")
+        else:
+            p.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+        if name == "train":
+            p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+        p.set_defaults(func=handlers[name])
 
     p = sub.add_parser("app", help="start the Streamlit workbench on 127.0.0.1: [RUNS_DIR]")
     p.add_argument("runs_dir", nargs="?", default="runs")
@@ -176,11 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hooks", help="list a model's hook points: MODEL (embedded, tiny, a local dir)")
     p.add_argument("model", nargs="?", default="embedded")
     p.set_defaults(func=cmd_hooks)
-
-    p = sub.add_parser("bench", help="speed/memory benchmarks, printed as ratios measured in one run")
-    p.add_argument("args", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_bench)
     return parser
+
+
+class _StageParser(argparse.ArgumentParser):
+    """A subcommand parser whose --help ends with its stage's keys (computed only when help is printed:
+    it imports the SAE layer for the method keys)."""
+
+    stage: str | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return f"{text}\n{stage_keys_help(self.stage)}\n" if self.stage else text
 
 
 def main(argv: list[str] | None = None) -> int:

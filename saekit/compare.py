@@ -12,52 +12,36 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from saekit.config import EvalConfig, TrainConfig, load_config
+from saekit.config import CompareConfig, EvalConfig, TrainConfig, load_config
 from saekit.errors import ConfigError
 from saekit.io import atomic_write_json
+from saekit.rundir import RunDir
 from saekit.runs import median_tokens_per_s
+from saekit.sae import get_method
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CompareConfig:
-    methods: tuple[str, ...] = ("configs/topk.yaml", "configs/batchtopk.yaml")
-    """Train YAMLs, one per method (paths relative to the working directory)."""
-    cache_dir: str = "runs/cache"
-    hookpoint: str | None = None
-    k: int = 32
-    """Every method trains at this mean L0 (TopK k, BatchTopK average k, MP steps, ...)."""
-    expansion_factor: int = 8
-    total_tokens: int = 200_000
-    batch_size: int = 1024
-    dead_tokens: int = 100_000
-    eval_sequences: int = 16
-    threshold_ema: float | None = None
-    """Override the inference-threshold EMA rate of batch-coupled methods; short runs need a faster
-    rate than the 0.01 default, or threshold-mode L0 at evaluation drifts from k."""
-    reevaluate: bool = False
-    """Re-run evaluation of runs that already have an eval.json newer than their final/."""
-    out_dir: str = "runs/compare"
-    progress: bool = True
-
-
 def method_config(cfg: CompareConfig, path: str) -> TrainConfig:
-    """The method's own YAML with the shared settings forced equal."""
+    """The method's own YAML with the shared settings forced equal. The key that sets a method's mean L0
+    comes from its declaration (`Method.l0_param`: k, MP's steps, JumpReLU's target_l0)."""
     name = Path(path).stem
     base = load_config(TrainConfig, path)
-    overrides = {"k": cfg.k, "expansion_factor": cfg.expansion_factor, "dead_tokens": cfg.dead_tokens}
-    if cfg.threshold_ema is not None:
+    overrides: dict[str, Any] = {"expansion_factor": cfg.expansion_factor, "dead_tokens": cfg.dead_tokens}
+    l0_param = get_method(base.sae.method).l0_param
+    if l0_param is not None:
+        overrides[l0_param] = cfg.k
+    if cfg.threshold_ema is not None and base.sae.param("threshold_ema") is not None:
         overrides["threshold_ema"] = cfg.threshold_ema
-    if base.sae.k_levels is not None:
+    if base.sae.param("k_levels") is not None:
         overrides["k_levels"] = (cfg.k,)
-    if base.sae.prefixes is not None:
+    if base.sae.param("prefixes") is not None:
         overrides["prefixes"] = None  # fixed widths would not fit another expansion factor
-    sae = replace(base.sae, **overrides)
+    sae = base.sae.replace(**overrides)
     return replace(
         base,
         sae=sae,
@@ -83,14 +67,15 @@ def run_compare(cfg: CompareConfig) -> str:
     for path in cfg.methods:
         train_cfg = method_config(cfg, path)
         name = Path(path).stem
-        if train_cfg.sae.activation == "gsae" and not has_grads:
+        if get_method(train_cfg.sae.method).needs_grads and not has_grads:
             logger.warning("skipping %s: the cache has no gradients (collect with capture_grads=true)", name)
             rows.append({"method": name, "skipped": "cache has no gradients"})
             continue
-        run_dir = Path(train_cfg.run_dir)
-        if not (run_dir / "final").exists():
+        run = RunDir(train_cfg.run_dir)
+        run_dir = run.path
+        if not run.is_finished():
             logger.info("compare: training %s", name)
-            train(train_cfg, resume=(run_dir / "checkpoints").exists())
+            train(train_cfg, resume=run.has_training())
         result = _cached_eval(run_dir) if not cfg.reevaluate else None
         if result is None:
             result = evaluate_run(run_dir, EvalConfig(num_sequences=cfg.eval_sequences))
@@ -103,7 +88,8 @@ def run_compare(cfg: CompareConfig) -> str:
 
 def _cached_eval(run_dir: Path) -> dict[str, Any] | None:
     """eval.json when it is newer than the weights it describes (an earlier comparison evaluated them)."""
-    path, weights = run_dir / "eval.json", run_dir / "final" / "sae.safetensors"
+    run = RunDir(run_dir)
+    path, weights = run.eval_path, run.final_dir / "sae.safetensors"
     if path.is_file() and weights.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
         logger.info("compare: reusing %s", path)
         return json.loads(path.read_text())
@@ -115,8 +101,7 @@ def _row(name: str, train_cfg: TrainConfig, result: dict[str, Any], run_dir: Pat
     recovered = splice.get("ce_recovered", {})
     row = {
         "method": name,
-        "activation": train_cfg.sae.activation,
-        "objective": train_cfg.objective,
+        "sae_method": train_cfg.sae.method,
         "run_dir": str(run_dir),
         "l0": heldout.get("l0_mean"),
         "fvu": heldout.get("fvu"),
@@ -141,11 +126,7 @@ def _row(name: str, train_cfg: TrainConfig, result: dict[str, Any], run_dir: Pat
 def _add_step_ratios(rows: list[dict[str, Any]]) -> None:
     """Step time relative to TopK, from the training throughput logged in the same comparison."""
     base = next(
-        (
-            r.get("tokens_per_s")
-            for r in rows
-            if r.get("activation") == "topk" and r.get("objective") == "topk_auxk"
-        ),
+        (r.get("tokens_per_s") for r in rows if r.get("sae_method") == "topk"),
         None,
     )
     for row in rows:

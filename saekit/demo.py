@@ -11,32 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from saekit.config import CollectConfig, EvalConfig, SaeConfig, TrainConfig
+from saekit.config import CollectConfig, DemoConfig, EvalConfig, SaeConfig, TrainConfig
+from saekit.rundir import RunDir
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    model: str = "embedded"
-    hookpoint: str = "blocks.9.hook_resid_post"
-    """A middle-layer residual stream of SmolLM2-135M (30 layers, width 576)."""
-    corpus: str = "embedded"
-    tokens: int = 150_000
-    context_length: int = 128
-    collect_batch_size: int = 16
-    expansion_factor: int = 8
-    k: int = 32
-    epochs: int = 2
-    batch_size: int = 1024
-    dead_tokens: int = 100_000
-    """Scaled down from Gao et al.'s 10M so AuxK can act within a demo-sized run."""
-    eval_sequences: int = 32
-    out_dir: str = "runs/demo"
-    autocast_bf16: bool = False
 
 
 def demo_configs(cfg: DemoConfig) -> tuple[CollectConfig, TrainConfig, EvalConfig]:
@@ -51,9 +31,7 @@ def demo_configs(cfg: DemoConfig) -> tuple[CollectConfig, TrainConfig, EvalConfi
         out_dir=str(out / "cache"),
         autocast_bf16=cfg.autocast_bf16,
     )
-    sae = SaeConfig(
-        activation="topk", k=cfg.k, expansion_factor=cfg.expansion_factor, dead_tokens=cfg.dead_tokens
-    )
+    sae = SaeConfig.make("topk", k=cfg.k, expansion_factor=cfg.expansion_factor, dead_tokens=cfg.dead_tokens)
     train = TrainConfig(
         sae=sae,
         cache_dir=collect.out_dir,
@@ -79,11 +57,12 @@ def run_demo(cfg: DemoConfig) -> str:
     start = time.perf_counter()
     collect(collect_cfg)
     collected = time.perf_counter()
-    run_dir = Path(train_cfg.run_dir)
-    if (run_dir / "final").exists():
+    run = RunDir(train_cfg.run_dir)
+    run_dir = run.path
+    if run.is_finished():
         logger.info("%s is already trained; re-evaluating only", run_dir)
     else:
-        train(train_cfg, resume=(run_dir / "checkpoints").exists())
+        train(train_cfg, resume=run.has_training())
     trained = time.perf_counter()
     result = evaluate_run(run_dir, eval_cfg)
     done = time.perf_counter()

@@ -1,8 +1,8 @@
 """Discovery of training runs under a RUNS_DIR, and read-only loaders for what each run wrote.
 
 A run is a directory holding `config.yaml` (written by `saekit train`) and an SAE checkpoint (`final/`,
-or `checkpoints/step_*/sae` while training is unfinished). Runs may be nested (`runs/demo/topk`). The
-app and notebooks read runs only through this module and `saekit.analysis`.
+or a checkpoint's `sae/` while training is unfinished); its layout belongs to `saekit.rundir`. Runs may be
+nested (`runs/demo/topk`). The app and notebooks read runs only through this module and `saekit.analysis`.
 
     runs = list_runs("runs")                          # [RunInfo(name="demo/topk", ...)], sorted by name
     rows = runs_table(runs)                           # one summary dict per run (method, FVU, L0, ...)
@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from saekit.errors import RunDirError
+from saekit.rundir import RUN_SUBDIRS, RunDir
 
 logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 4
 """How deep below RUNS_DIR to look for runs (runs/<group>/<name> is depth 2)."""
-_NOT_RUNS = {"final", "checkpoints", "index", "cache", "__pycache__"}
+_NOT_RUNS = RUN_SUBDIRS | {"cache", "__pycache__"}
 """Sub-directories of a run (or caches) that never hold another run; skipping them keeps discovery fast."""
 
 
@@ -78,22 +79,21 @@ def _candidate_dirs(directory: Path, depth: int) -> list[Path]:
 
 
 def _is_run(directory: Path) -> bool:
-    if not (directory / "config.yaml").is_file():
-        return False
-    return (directory / "final").is_dir() or any((directory / "checkpoints").glob("step_*/sae/cfg.json"))
+    return RunDir(directory).is_run()
 
 
 def _run_info(root: Path, path: Path) -> RunInfo:
-    from saekit.analysis.format import INDEX_DIR, META_FILE
+    from saekit.analysis.format import META_FILE
 
+    run = RunDir(path)
     name = str(path.relative_to(root)) if path != root else "."
     info = RunInfo(
         name=name,
         path=path,
-        finished=(path / "final" / "cfg.json").is_file(),
-        has_eval=(path / "eval.json").is_file(),
-        has_index=(path / INDEX_DIR / META_FILE).is_file(),
-        has_metrics=(path / "metrics.jsonl").is_file(),
+        finished=run.is_finished(),
+        has_eval=run.eval_path.is_file(),
+        has_index=(run.index_dir / META_FILE).is_file(),
+        has_metrics=run.metrics_path.is_file(),
     )
     try:
         info.config = load_run_config(path)
@@ -109,9 +109,8 @@ def _run_info(root: Path, path: Path) -> RunInfo:
 def load_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's resolved training config (validated through `TrainConfig`) as a plain dict."""
     from saekit.config import to_dict
-    from saekit.eval.evaluate import load_train_config
 
-    return to_dict(load_train_config(Path(run_dir)))
+    return to_dict(RunDir(run_dir).load_config())
 
 
 def load_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -119,7 +118,7 @@ def load_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
     A line that does not parse is skipped with a warning: the trainer may be appending to it right now.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_path
     if not path.is_file():
         return []
     rows = []
@@ -135,7 +134,7 @@ def load_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def load_eval(run_dir: str | Path) -> dict[str, Any] | None:
     """eval.json, or None when the run has not been evaluated (`saekit eval RUN` writes it)."""
-    path = Path(run_dir) / "eval.json"
+    path = RunDir(run_dir).eval_path
     if not path.is_file():
         return None
     try:
@@ -153,32 +152,18 @@ def median_tokens_per_s(run_dir: str | Path) -> float | None:
 
 def latest_trainer_state(run_dir: str | Path) -> dict[str, Any] | None:
     """trainer_state.json of the finished run (final/) or else of the newest checkpoint, or None."""
-    from saekit.train.checkpoint import latest_checkpoint
-
-    final = Path(run_dir) / "final"
-    step_dir = (
-        final
-        if (final / "trainer_state.json").is_file()
-        else latest_checkpoint(Path(run_dir) / "checkpoints")
-    )
-    if step_dir is None or not (step_dir / "trainer_state.json").is_file():
-        return None
-    state = json.loads((step_dir / "trainer_state.json").read_text())
-    state.pop("optimizer_meta", None)  # large and of no use to a reader
-    state["checkpoint"] = str(step_dir)
-    return state
+    return RunDir(run_dir).trainer_state()
 
 
 # ---------------------------------------------------------------------------------------- summaries
 
 
 def method_name(config: dict[str, Any]) -> str:
-    """A short method label: the objective when it is not plain TopK+AuxK, else the activation."""
+    """A short method label: the method, with its selection rule when it has one (e.g. matryoshka)."""
     sae = config.get("sae") or {}
-    activation, objective = sae.get("activation", "?"), config.get("objective", "topk_auxk")
-    if objective in ("topk_auxk", activation):
-        return activation
-    return f"{objective} ({activation})"
+    method = sae.get("method", "?")
+    rule = (sae.get("params") or {}).get("activation")
+    return f"{method} ({rule})" if rule else method
 
 
 def eval_headline(result: dict[str, Any] | None) -> dict[str, Any]:
@@ -215,7 +200,7 @@ def runs_table(runs: list[RunInfo]) -> list[dict[str, Any]]:
                 "name": run.name,
                 "method": method_name(cfg) if cfg else "?",
                 "d_sae": d_sae,
-                "k": sae.get("k"),
+                "k": (sae.get("params") or {}).get("k"),
                 "tokens": cfg.get("total_tokens"),
                 "FVU": head["fvu"],
                 "L0": head["l0"],
@@ -338,10 +323,10 @@ def run_model_name(run_dir: str | Path) -> str:
     """The name `load_model` takes for the run's model: as recorded by collection (cache manifest) or
     the live config, the same way `saekit eval` chooses it; falls back to the SAE's recorded model id."""
     from saekit.config import EvalConfig
-    from saekit.eval.evaluate import find_checkpoint, load_train_config, plan_heldout
+    from saekit.eval.evaluate import plan_heldout
 
     run_dir = Path(run_dir)
-    train_cfg = load_train_config(run_dir)
+    train_cfg = RunDir(run_dir).load_config()
     try:
         manifest = None
         if train_cfg.cache_dir is not None:
@@ -350,7 +335,7 @@ def run_model_name(run_dir: str | Path) -> str:
             manifest = open_cache(train_cfg.cache_dir, train_cfg.hookpoint).manifest
         return plan_heldout(train_cfg, manifest, EvalConfig()).model
     except Exception as err:  # cache moved or deleted: the SAE's own record is the next best source
-        cfg = json.loads((find_checkpoint(run_dir) / "cfg.json").read_text())
+        cfg = json.loads((RunDir(run_dir).sae_dir() / "cfg.json").read_text())
         name = cfg.get("model_id") or cfg.get("model")
         if not name:
             raise RunDirError(
@@ -363,10 +348,7 @@ def run_model_name(run_dir: str | Path) -> str:
 
 def load_run_sae(run_dir: str | Path) -> Any:
     """The run's SAE (final/, else the newest checkpoint) in inference mode."""
-    from saekit.eval.evaluate import find_checkpoint
-    from saekit.sae import Sae
-
-    return Sae.load(find_checkpoint(Path(run_dir))).eval()
+    return RunDir(run_dir).load_sae().eval()
 
 
 def load_run_model(run_dir: str | Path) -> Any:

@@ -9,7 +9,7 @@ decoder path: row b owns entries offsets[b]:offsets[b+1] of `indices`/`values`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -33,38 +33,61 @@ class Batch:
         return Batch(move(self.acts), move(self.grads), move(self.token_ids))
 
 
+def offsets_from_counts(counts: Int[Tensor, " n"]) -> Int[Tensor, " n_plus_1"]:
+    """CSR offsets [0, c0, c0+c1, …] (int64) from per-bag entry counts."""
+    offsets = torch.zeros(counts.numel() + 1, dtype=torch.long, device=counts.device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    return offsets
+
+
+def offsets_from_rows(rows: Int[Tensor, " nnz"], batch: int) -> Int[Tensor, " batch_plus_1"]:
+    """CSR offsets of entries already grouped by row, from their row ids."""
+    return offsets_from_counts(torch.bincount(rows, minlength=batch))
+
+
 @dataclass
 class SparseCode:
-    """A batch of sparse latent codes in CSR form (fp32 values, int64 indices)."""
+    """A batch of sparse latent codes in CSR form (fp32 values, int64 indices).
+
+    Also the form of a *selection* (an activation's choice of entries of h, values = pre-activations
+    without grad) before the encoder turns it into a differentiable code. `rows` caches the row id of
+    every entry when the producer already has it.
+    """
 
     values: Float[Tensor, " nnz"]
     indices: Int[Tensor, " nnz"]
     offsets: Int[Tensor, " batch_plus_1"]
     d_sae: int
+    rows: Int[Tensor, " nnz"] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_topk(cls, values: Tensor, indices: Tensor, d_sae: int) -> SparseCode:
         """Wrap [B, k] top-k values/indices (fixed k per row)."""
         batch, k = indices.shape
         offsets = torch.arange(0, (batch + 1) * k, k, device=indices.device, dtype=torch.long)
-        return cls(values.reshape(-1), indices.reshape(-1).long(), offsets, d_sae)
+        rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
+        return cls(values.reshape(-1), indices.reshape(-1).long(), offsets, d_sae, rows)
 
     @classmethod
     def from_rows(cls, rows: Tensor, indices: Tensor, values: Tensor, batch: int, d_sae: int) -> SparseCode:
-        """Build from unordered (row, latent, value) triples; entries are grouped by row."""
+        """Build from (row, latent, value) triples in any order; entries are grouped by row (stable)."""
         order = torch.argsort(rows, stable=True)
-        counts = torch.bincount(rows, minlength=batch)
-        offsets = torch.zeros(batch + 1, dtype=torch.long, device=rows.device)
-        offsets[1:] = torch.cumsum(counts, 0)
-        return cls(values[order], indices[order].long(), offsets, d_sae)
+        rows = rows[order].long()
+        return cls(values[order], indices[order].long(), offsets_from_rows(rows, batch), d_sae, rows)
 
     @property
     def batch_size(self) -> int:
         return self.offsets.numel() - 1
 
     def row_ids(self) -> Int[Tensor, " nnz"]:
+        if self.rows is not None:
+            return self.rows
         counts = self.offsets[1:] - self.offsets[:-1]
         return torch.repeat_interleave(torch.arange(self.batch_size, device=counts.device), counts)
+
+    def with_values(self, values: Float[Tensor, " nnz"]) -> SparseCode:
+        """The same entries with new values (e.g. ReLU'd, soft-capped, or carrying autograd)."""
+        return SparseCode(values, self.indices, self.offsets, self.d_sae, self.rows)
 
     def l0_per_row(self) -> Int[Tensor, " batch"]:
         """Nonzero (value > 0) entries per row."""

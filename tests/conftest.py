@@ -18,3 +18,19 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def bad_input_template(tmp_path_factory):
+    """A tiny cache and runs for the bad-input suite, built once per session (see tests/bad_inputs.py)."""
+    from bad_inputs import build_template
+
+    return build_template(tmp_path_factory.mktemp("bad_input_template"))
+
+
+@pytest.fixture
+def sandbox(bad_input_template, tmp_path):
+    """A fresh copy of the bad-input template for one case."""
+    import shutil
+
+    return shutil.copytree(bad_input_template, tmp_path / "sandbox")

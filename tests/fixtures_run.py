@@ -87,7 +87,7 @@ def _train_runs(root: Path, cache: Path) -> None:
     )
     # a one-batch dead window, so some latents die and the dead-latent page has content
     for name, k in ((TOPK_RUN, 4), (WIDE_K_RUN, 8)):
-        sae = SaeConfig(activation="topk", k=k, d_sae=D_SAE, dead_tokens=256)
+        sae = SaeConfig.make("topk", k=k, d_sae=D_SAE, dead_tokens=256)
         train(TrainConfig(sae=sae, run_dir=str(root / name), **common))
 
 

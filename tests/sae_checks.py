@@ -2,14 +2,14 @@
 fixtures_run; pytest puts tests/ on sys.path).
 
     out, got = assert_grads_match_dense_reference(sae, x)   # the forward output and its checked grads
-    sae = train_with_objective(objective, cfg, data, steps=300, batch_rows=256)
+    sae = train_on_synthetic(cfg, data, steps=300, batch_rows=256)   # the trainer's own step function
 """
 
 import torch
 from torch import Tensor
 
-from saekit.sae import Sae, SaeOutput, constrained_adam_step, init_sae_from_data_
-from saekit.train.objectives import mse_scale_from_sample
+from saekit.sae import Sae, SaeOutput, init_sae_from_data_, make_objective, mse_scale_from_sample
+from saekit.train.step import training_step
 from saekit.types import Batch
 
 
@@ -32,16 +32,17 @@ def assert_grads_match_dense_reference(sae: Sae, x: Tensor) -> tuple[SaeOutput, 
     return out, got
 
 
-def train_with_objective(objective, cfg, data, *, steps: int, batch_rows: int) -> Sae:
-    """A short Adam + decoder-constraint loop on synthetic `data`, data-initialised; returns the SAE in eval
-    mode. Seeding is the caller's business."""
+def train_on_synthetic(cfg, data, *, steps: int, batch_rows: int, lr: float = 3e-3, objective=None) -> Sae:
+    """A short run of `training_step` (the trainer's step: objective, Adam + decoder constraint, post_step)
+    on synthetic `data`, data-initialised, without dead-latent tracking; returns the SAE in eval mode.
+    `objective` defaults to the method's own (`make_objective(cfg)`). Seeding is the caller's business."""
+    from saekit.train.step import make_optimizer
+
     sae = Sae(data.d_in, cfg)
     init_sae_from_data_(sae, data.sample(2048))
     mse_scale = mse_scale_from_sample(data.sample(4096))
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    objective = objective if objective is not None else make_objective(cfg)
+    optimizer = make_optimizer(sae, lr=lr)
     for _ in range(steps):
-        out = objective(sae, Batch(data.sample(batch_rows)), dead_mask=None, mse_scale=mse_scale)
-        opt.zero_grad()
-        out.loss.backward()
-        constrained_adam_step(sae, opt)
+        training_step(sae, objective, optimizer, Batch(data.sample(batch_rows)), mse_scale=mse_scale)
     return sae.eval()

@@ -94,7 +94,7 @@ def test_overview_follows_the_sidebar_run(runs_dir):
     assert at.sidebar.selectbox(key="app_run_box").options == [TOPK_RUN, WIDE_K_RUN]
     at.sidebar.selectbox(key="app_run_box").set_value(WIDE_K_RUN).run()
     assert any(h.value == f"Run: {WIDE_K_RUN}" for h in at.subheader)
-    assert at.json[0].value and json.loads(at.json[0].value)["sae"]["k"] == 8
+    assert at.json[0].value and json.loads(at.json[0].value)["sae"]["params"]["k"] == 8
     at.switch_page("pages/latents.py").run()  # the choice survives a page switch
     assert any(f"{WIDE_K_RUN} has no latent index" in i.value for i in at.info)
 
@@ -277,12 +277,15 @@ def test_compare_draws_per_level_curves_when_eval_has_them(runs_dir, tmp_path):
     """Per-k metrics in the layout `saekit eval` writes for multi-k runs (produced by its own function)."""
     from saekit.activations import open_cache
     from saekit.eval.levels import level_metrics
+    from saekit.sae import get_method
 
     runs = tmp_path / "runs"
     shutil.copytree(runs_dir / WIDE_K_RUN, runs / "levels_run")
     sae = load_run_sae(runs_dir / WIDE_K_RUN)
-    levels = level_metrics(sae, open_cache(runs_dir / "cache", sae.hookpoint).rows(500),
-                           objective="hierarchical_topk", levels=[2, 4, 8])  # fmt: skip
+    rows = open_cache(runs_dir / "cache", sae.hookpoint).rows(500)
+    # The per-k report of a hierarchical_topk run, computed on this TopK SAE (the report only reads W/b).
+    levels = level_metrics(sae, rows, report=get_method("hierarchical_topk").levels, levels=[2, 4, 8])
+    assert levels["kind"] == "k" and levels["levels"] == [2, 4, 8]
     result = load_eval(runs / "levels_run")
     result["levels"] = levels
     (runs / "levels_run" / "eval.json").write_text(json.dumps(result))
@@ -307,7 +310,7 @@ def test_latent_page_render_time_on_a_16k_index(tmp_path, runs_dir):
     run = tmp_path / "runs" / "wide16k"
     base = load_run_sae(runs_dir / TOPK_RUN)
     cfg = TrainConfig(
-        sae=SaeConfig(k=8, d_sae=16384),
+        sae=SaeConfig.make("topk", k=8, d_sae=16384),
         cache_dir=str(runs_dir / "cache"),
         hookpoint=base.hookpoint,
         run_dir=str(run),

@@ -6,26 +6,28 @@ from pathlib import Path
 import pytest
 import torch
 
-import saekit.sae.methods  # noqa: F401  (registers aux_zipf and mutual_choice)
 from saekit.cli import main
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError, RunDirError
-from saekit.sae import Sae
-from saekit.train.aux_zipf import (
+from saekit.sae import Sae, get_method, make_objective
+from saekit.sae.methods.aux_zipf import (
     AuxZipfObjective,
-    aux_zipf_objective,
     underutilised_latents,
     weighted_auxk_loss,
     zipf_target,
 )
-from saekit.train.objectives import auxk_loss, get_objective, topk_auxk_objective
+from saekit.sae.objective import ReconstructionAuxK, auxk_loss
 from saekit.types import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_sae(activation="topk", d_in=10, k=4, d_sae=30, **kw):
-    sae = Sae(d_in, SaeConfig(activation=activation, k=k, d_sae=d_sae, normalize_activations="none", **kw))
+    """An aux_zipf SAE whose selection rule is `activation`."""
+    cfg = SaeConfig.make(
+        "aux_zipf", activation=activation, k=k, d_sae=d_sae, normalize_activations="none", **kw
+    )
+    sae = Sae(d_in, cfg)
     with torch.no_grad():  # untie and shift so every parameter matters
         sae.W_enc.add_(0.2 * torch.randn_like(sae.W_enc))
         sae.b_dec.copy_(0.5 * torch.randn(d_in))
@@ -132,8 +134,9 @@ def test_weighted_auxk_dense_and_sparse_agree_and_weights_matter():
 
 
 def test_objective_reduces_exactly_to_topk_auxk_when_underutilised_equals_dead():
-    sae, x = make_sae(), torch.randn(16, 10)
-    objective = AuxZipfObjective()
+    sae, x = make_sae(k_aux=3), torch.randn(16, 10)
+    objective = make_objective(sae.cfg)
+    assert isinstance(objective, AuxZipfObjective)
     dead_idx = torch.tensor([3, 9, 14, 20, 27])
     dead = torch.zeros(30, dtype=torch.bool)
     dead[dead_idx] = True
@@ -141,15 +144,15 @@ def test_objective_reduces_exactly_to_topk_auxk_when_underutilised_equals_dead()
     target = zipf_target(30, 4, 1.0)
     freq = torch.zeros(30, dtype=torch.float64)
     freq[~dead] = target[: int((~dead).sum())]
-    objective.load_state_dict(sae, {"freq_ema": freq.tolist()})
+    objective.load_state_dict({"freq_ema": freq.tolist()}, sae)
     idx, weights = objective.aux_set(sae, dead)
     assert torch.equal(idx, dead_idx) and torch.equal(weights, torch.ones(5))
     sae.zero_grad(set_to_none=True)
-    ours = objective(sae, Batch(x), dead_mask=dead, mse_scale=1.3, k_aux=3)
+    ours = objective(sae, Batch(x), dead_mask=dead, mse_scale=1.3)
     ours.loss.backward()
     ours_grads = grads(sae)
     sae.zero_grad(set_to_none=True)
-    ref = topk_auxk_objective(sae, Batch(x), dead_mask=dead, mse_scale=1.3, k_aux=3)
+    ref = ReconstructionAuxK(sae.cfg.params)(sae, Batch(x), dead_mask=dead, mse_scale=1.3)  # TopK + AuxK
     ref.loss.backward()
     assert ours.losses["aux"] > 0
     for key in ("main", "aux", "total"):
@@ -166,48 +169,50 @@ def observed_frequency(sae, x):
 
 def test_frequency_ema_first_sets_then_averages_and_round_trips_exactly():
     sae = make_sae("mutual_choice")
-    objective = AuxZipfObjective()
+    objective = AuxZipfObjective(sae.cfg.params)
+    objective.freq_rate = 0.25
     x1, x2 = torch.randn(16, 10), torch.randn(16, 10)
-    assert objective.frequencies(sae) is None
-    out1 = objective(sae, Batch(x1), dead_mask=None, mse_scale=1.0, freq_rate=0.25)
-    f1 = objective.frequencies(sae).clone()
+    assert objective.freq is None
+    out1 = objective(sae, Batch(x1), dead_mask=None, mse_scale=1.0)
+    f1 = objective.freq.clone()
     assert f1.dtype == torch.float64 and torch.equal(f1, observed_frequency(sae, x1))
     assert f1.sum().item() == pytest.approx(out1.metrics["l0"], rel=1e-6)  # Σ f = mean L0
-    objective(sae, Batch(x2), dead_mask=None, mse_scale=1.0, freq_rate=0.25)
-    torch.testing.assert_close(objective.frequencies(sae), 0.75 * f1 + 0.25 * observed_frequency(sae, x2))
-    saved = json.loads(json.dumps(objective.state_dict(sae)))  # what a trainer_state.json would hold
-    fresh = AuxZipfObjective()
-    fresh.load_state_dict(sae, saved)
-    assert torch.equal(fresh.frequencies(sae), objective.frequencies(sae))
+    objective(sae, Batch(x2), dead_mask=None, mse_scale=1.0)
+    torch.testing.assert_close(objective.freq, 0.75 * f1 + 0.25 * observed_frequency(sae, x2))
+    saved = json.loads(json.dumps(objective.state_dict()))  # what a trainer_state.json would hold
+    fresh = AuxZipfObjective(sae.cfg.params)
+    fresh.load_state_dict(saved, sae)
+    assert torch.equal(fresh.freq, objective.freq)
     for a, b in zip(fresh.aux_set(sae, None), objective.aux_set(sae, None), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(RunDirError, match="different SAE"):
-        fresh.load_state_dict(make_sae(d_sae=31), saved)
+        fresh.load_state_dict(saved, make_sae(d_sae=31))
 
 
-def test_default_rate_counts_tokens_and_state_is_per_sae():
+def test_default_rate_counts_tokens_and_state_is_per_run():
     a, b = make_sae(dead_tokens=64), make_sae(dead_tokens=64)
-    objective = AuxZipfObjective()
+    objective, other = make_objective(a.cfg), make_objective(b.cfg)
+    assert objective is not other  # one objective (and its state) per training run
     x1, x2 = torch.randn(16, 10), torch.randn(16, 10)
     objective(a, Batch(x1), dead_mask=None, mse_scale=1.0)
-    assert objective.frequencies(b) is None  # another SAE starts from scratch
-    f1 = objective.frequencies(a).clone()
+    assert other.freq is None  # another run (another SAE) starts from scratch
+    f1 = objective.freq.clone()
     objective(a, Batch(x2), dead_mask=None, mse_scale=1.0)
     rate = 16 / 64  # batch tokens / dead_tokens
-    torch.testing.assert_close(objective.frequencies(a), (1 - rate) * f1 + rate * observed_frequency(a, x2))
+    torch.testing.assert_close(objective.freq, (1 - rate) * f1 + rate * observed_frequency(a, x2))
 
 
 def test_underutilised_latents_get_aux_gradient_and_metrics_are_reported():
-    sae, x = make_sae(k_aux=4), torch.randn(16, 10)
-    objective = AuxZipfObjective()
+    sae, x = make_sae(k_aux=4, aux_coef=1.0), torch.randn(16, 10)
+    objective = make_objective(sae.cfg)
     objective(sae, Batch(x), dead_mask=None, mse_scale=1.0)  # first step: only frequencies
     idx, weights = objective.aux_set(sae, None)
     assert 0 < idx.numel() < 30 and ((weights >= 0) & (weights <= 1)).all()
     sae.zero_grad(set_to_none=True)
-    out = objective(sae, Batch(x), dead_mask=None, mse_scale=1.0, aux_coef=1.0)
+    out = objective(sae, Batch(x), dead_mask=None, mse_scale=1.0)
     assert out.losses["aux"] > 0 and out.metrics["n_underutilised"] == idx.numel()
     assert out.losses["total"] == pytest.approx(out.losses["main"] + out.losses["aux"], rel=1e-5)
-    assert get_objective("aux_zipf") is aux_zipf_objective
+    assert get_method("aux_zipf").objective is AuxZipfObjective and isinstance(objective, AuxZipfObjective)
 
 
 # ---------------------------------------------------------------------------------- CLI end to end
@@ -227,7 +232,8 @@ def test_cli_trains_mutual_choice_with_aux_zipf_and_reloads(tmp_path):
     assert all("n_underutilised" in r for r in records) and records[-1]["n_underutilised"] > 0
     assert any(r["aux"] > 0 for r in records)
     sae = Sae.load(run / "final").eval()
-    assert sae.cfg.activation == "mutual_choice" and (sae.threshold > 0).all()
+    assert sae.cfg.method == "aux_zipf" and sae.cfg.params.activation == "mutual_choice"
+    assert (sae.threshold > 0).all()
     x = torch.randn(64, sae.d_in) * sae.b_dec.norm() / sae.d_in**0.5 + sae.b_dec
     code = sae.encode(x)
     again = Sae.load(sae.save(tmp_path / "resaved")).eval().encode(x)

@@ -5,9 +5,10 @@ import torch
 
 from saekit.config import SaeConfig
 from saekit.kernels import backend
-from saekit.sae import Sae, constrained_adam_step, init_sae_from_data_
+from saekit.sae import Sae, init_sae_from_data_, make_objective, mse_scale_from_sample
+from saekit.sae.objective import ReconstructionAuxK
 from saekit.train.dead import DeadLatentTracker
-from saekit.train.objectives import get_objective, mse_scale_from_sample
+from saekit.train.step import training_step
 from saekit.types import Batch
 
 
@@ -17,21 +18,18 @@ def _short_run(monkeypatch, kernels: str, steps: int = 4) -> tuple[list[float], 
     chosen = backend.kernel_backend()
     torch.manual_seed(0)
     data = torch.randn(6 * steps, 24)
-    cfg = SaeConfig(k=3, d_sae=40, k_aux=4, dead_tokens=6)
+    cfg = SaeConfig.make("topk", k=3, d_sae=40, k_aux=4, dead_tokens=6)
     sae = Sae(24, cfg)
     init_sae_from_data_(sae, data)
-    objective = get_objective("topk_auxk")
+    objective = make_objective(cfg)
+    assert type(objective) is ReconstructionAuxK  # TopK + AuxK
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
     tracker = DeadLatentTracker(sae.d_sae, cfg.dead_tokens)
     scale = mse_scale_from_sample(data)
     losses = []
     for step in range(steps):
         batch = Batch(acts=data[6 * step : 6 * (step + 1)])
-        out = objective(sae, batch, dead_mask=tracker.dead_mask(), mse_scale=scale)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        constrained_adam_step(sae, optimizer)
-        tracker.update(out.fired, len(batch))
+        out = training_step(sae, objective, optimizer, batch, mse_scale=scale, tracker=tracker)
         losses.append(float(out.loss.detach()))
     backend.reset_kernel_backend()
     return losses, chosen

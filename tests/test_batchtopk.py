@@ -8,22 +8,21 @@ import torch
 from sae_checks import assert_grads_match_dense_reference
 from safetensors.torch import load_file
 
-import saekit.sae.methods  # noqa: F401  (registers batchtopk, mutual_choice, feature_choice, aux_zipf)
 from saekit.cli import main
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
-from saekit.sae import Sae, constrained_adam_step
-from saekit.sae.batchtopk import CANDIDATES_PER_ROW, batch_top_entries
+from saekit.sae import Sae, make_objective
+from saekit.sae.methods.batchtopk import CANDIDATES_PER_ROW, batch_top_entries
 from saekit.synthetic import SparseDictionaryData
-from saekit.train.objectives import topk_auxk_objective
+from saekit.train.step import training_step
 from saekit.types import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("batchtopk", "mutual_choice")
 
 
-def make_sae(activation="batchtopk", d_in=10, k=4, d_sae=30, **kw):
-    sae = Sae(d_in, SaeConfig(activation=activation, k=k, d_sae=d_sae, normalize_activations="none", **kw))
+def make_sae(method="batchtopk", d_in=10, k=4, d_sae=30, **kw):
+    sae = Sae(d_in, SaeConfig.make(method, k=k, d_sae=d_sae, normalize_activations="none", **kw))
     with torch.no_grad():  # untie and shift so every parameter matters
         sae.W_enc.add_(0.2 * torch.randn_like(sae.W_enc))
         sae.b_dec.copy_(0.5 * torch.randn(d_in))
@@ -187,7 +186,7 @@ def test_threshold_survives_save_load_and_act_scale_folding(tmp_path):
     sae.encode(sae.scale_input(x_raw), training=True)
     sae.save(tmp_path / "ckpt")
     loaded = Sae.load(tmp_path / "ckpt")
-    assert loaded.cfg.activation == "batchtopk" and torch.equal(loaded.threshold, sae.threshold)
+    assert loaded.cfg.method == "batchtopk" and torch.equal(loaded.threshold, sae.threshold)
     probe = torch.randn(9, 10)
     a, b = sae.encode(probe, training=False), loaded.encode(probe, training=False)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
@@ -197,16 +196,14 @@ def test_threshold_survives_save_load_and_act_scale_folding(tmp_path):
 
 def test_held_out_threshold_mode_l0_is_within_20_percent_of_k():
     data = SparseDictionaryData(d_in=16, n_features=48, k_active=4, seed=3, noise=0.02)
-    cfg = SaeConfig(
-        activation="batchtopk", k=4, d_sae=64, normalize_activations="none", k_aux=0, threshold_ema=0.05
+    cfg = SaeConfig.make(
+        "batchtopk", k=4, d_sae=64, normalize_activations="none", k_aux=0, threshold_ema=0.05
     )
     sae = Sae(16, cfg)
+    objective = make_objective(cfg)
     optimizer = torch.optim.Adam(sae.parameters(), lr=3e-3)
     for _ in range(120):  # L0 in threshold mode settles by ~100 steps at this EMA rate
-        out = topk_auxk_objective(sae, Batch(data.sample(256)), dead_mask=None, mse_scale=1.0)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        constrained_adam_step(sae, optimizer)
+        out = training_step(sae, objective, optimizer, Batch(data.sample(256)), mse_scale=1.0)
     assert out.metrics["fvu_batch"] < 0.5  # it did learn something
     l0 = sae.encode(data.sample(4096), training=False).l0_per_row().float()
     assert abs(l0.mean().item() - 4) <= 0.2 * 4
@@ -238,7 +235,7 @@ def test_cli_trains_and_reloads_with_identical_eval_codes(name, tiny_cache, tmp_
     run = tmp_path / "run"
     assert train_tiny(f"configs/tiny_{name}.yaml", tiny_cache, run) == 0
     sae = Sae.load(run / "final").eval()
-    assert sae.cfg.activation == name
+    assert sae.cfg.method == name
     assert (sae.threshold > 0).all() and (sae.threshold == sae.threshold[0]).all()
     mid = Sae.load(run / "checkpoints" / "step_0000004" / "sae")
     assert (mid.threshold > 0).all() and not torch.equal(mid.threshold, sae.threshold)  # it kept learning
@@ -251,4 +248,4 @@ def test_cli_trains_and_reloads_with_identical_eval_codes(name, tiny_cache, tmp_
         h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     assert row_sets(code) == [set(torch.nonzero(r > sae.threshold[0]).squeeze(1).tolist()) for r in h]
     l0 = code.l0_per_row().float().mean().item()
-    assert 0 < l0 < 4 * sae.cfg.k and math.isfinite(l0)
+    assert 0 < l0 < 4 * sae.cfg.params.k and math.isfinite(l0)

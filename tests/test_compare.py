@@ -34,8 +34,9 @@ def test_compare_trains_every_method_at_equal_l0(tmp_path, capsys):
     assert main(args) == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["tiny_topk", "tiny_batchtopk", "tiny_gsae"]
+    assert [r["sae_method"] for r in rows] == ["topk", "batchtopk", "gsae"]
     for row in rows:
-        assert row["l0"] <= 4 + 1e-6 or row["activation"] == "batchtopk"
+        assert row["l0"] <= 4 + 1e-6 or row["sae_method"] == "batchtopk"
         assert 0 <= row["fvu"] < 2 and row["ce_recovered"] is not None
         assert Path(row["run_dir"], "final", "sae.safetensors").is_file()
     assert rows[0]["step_time_vs_topk"] == 1.0
@@ -94,10 +95,11 @@ def test_method_config_forces_the_shared_settings():
         out_dir="o",
     )
     train_cfg = method_config(cfg, str(ROOT / "configs/matryoshka.yaml"))
-    assert (train_cfg.sae.k, train_cfg.sae.expansion_factor, train_cfg.sae.threshold_ema) == (7, 3, 0.2)
+    sae = train_cfg.sae
+    assert (sae.params.k, sae.expansion_factor, sae.params.threshold_ema) == (7, 3, 0.2)
     assert (train_cfg.total_tokens, train_cfg.batch_size, train_cfg.cache_dir) == (999, 33, "c")
-    assert train_cfg.run_dir == str(Path("o") / "matryoshka") and train_cfg.objective == "matryoshka"
+    assert train_cfg.run_dir == str(Path("o") / "matryoshka") and train_cfg.sae.method == "matryoshka"
     msae = method_config(cfg, str(ROOT / "configs/msae.yaml"))
-    assert msae.sae.k_levels == (7,)
+    assert msae.sae.method == "msae" and msae.sae.params.k_levels == (7,)
     untouched = method_config(CompareConfig(), str(ROOT / "configs/batchtopk.yaml"))
-    assert untouched.sae.threshold_ema == 0.01
+    assert untouched.sae.params.threshold_ema == 0.01

@@ -1,4 +1,4 @@
-"""Config loading: YAML + dotted overrides, typo suggestions, type checks, round trip."""
+"""Config loading: YAML + dotted overrides, typo suggestions, type checks, round trip, --help listings."""
 
 from pathlib import Path
 
@@ -21,7 +21,7 @@ def test_yaml_and_overrides_are_applied():
     cfg = load_config(
         TrainConfig, CONFIGS / "topk.yaml", ["sae.k=64", "lr=3e-4", "hookpoint=blocks.3.hook_mlp_out"]
     )
-    assert cfg.sae.k == 64
+    assert cfg.sae.params.k == 64
     assert cfg.lr == pytest.approx(3e-4)
     assert cfg.hookpoint == "blocks.3.hook_mlp_out"
     assert cfg.sae.expansion_factor == 8  # untouched value from the file
@@ -70,9 +70,9 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_derived_numbers():
-    sae = SaeConfig(k=32)
+    sae = SaeConfig.make("topk", k=32)
     assert sae.resolve_d_sae(576) == 8 * 576
-    assert sae.resolve_k_aux(576) == 288
+    assert sae.params.resolve_k_aux(576) == 288
     cfg = TrainConfig(total_tokens=10_000, batch_size=1000)
     assert cfg.total_steps == 10
     assert cfg.resolve_lr(2**14) == pytest.approx(2e-4)
@@ -80,10 +80,69 @@ def test_derived_numbers():
 
 
 def test_every_shipped_config_loads():
-    from saekit.compare import CompareConfig
-    from saekit.demo import DemoConfig
+    from saekit.config import CompareConfig, DemoConfig
 
     kinds = {"collect": CollectConfig, "compare": CompareConfig, "demo": DemoConfig}
     for path in sorted(CONFIGS.glob("*.yaml")):
         cls = next((c for key, c in kinds.items() if key in path.stem), TrainConfig)
         load_config(cls, path)
+
+
+def test_every_method_has_a_shipped_config():
+    from saekit.sae import METHODS
+
+    methods = {
+        load_config(TrainConfig, p).sae.method
+        for p in CONFIGS.glob("*.yaml")
+        if "collect" not in p.stem and "compare" not in p.stem and "demo" not in p.stem
+    }
+    assert set(METHODS) <= methods
+
+
+@pytest.mark.parametrize("stage", ["collect", "train", "eval", "index", "compare", "demo", "bench"])
+def test_stage_help_lists_every_key_with_default_and_doc(stage, capsys):
+    import dataclasses
+
+    from saekit.cli import main
+    from saekit.config import STAGE_CONFIGS
+    from saekit.config_io import field_docs
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([stage, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    cls = STAGE_CONFIGS[stage]
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or f.name == "sae":
+            continue
+        assert f"  {f.name} = " in text, f"{stage} --help lacks {f.name}"
+        assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+    if stage == "train":  # shared SAE keys and every method's own keys
+        assert "  sae.expansion_factor = 8" in text and "  sae.target_l0 = 32.0" in text
+        assert "jumprelu: " in text and "matryoshka: " in text
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["bench", "d_sae=abc"], "d_sae[0] must be of type int"),
+        (["bench", "method=nope"], None),
+        (["index", "runs/none", "num_sequences=abc"], "num_sequences must be of type int"),
+        (["index", "runs/none", "bogus=1"], "unknown config key 'bogus'"),
+    ],
+)
+def test_every_stage_parses_overrides_with_the_one_loader(argv, fragment, caplog):
+    from saekit.cli import main
+
+    code = main(argv)
+    assert code == 2
+    if fragment:
+        assert fragment in caplog.text
+
+
+def test_list_keys_accept_comma_separated_values():
+    from saekit.config import BenchConfig
+
+    assert load_config(BenchConfig, None, ["d_sae=4096,8192", "k=32"]).d_sae == (4096, 8192)
+    assert load_config(BenchConfig, None, ["k=16"]).k == (16,)

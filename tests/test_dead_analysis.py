@@ -30,7 +30,8 @@ def test_run_timeline_reads_the_newest_checkpoint(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     save_config(
-        TrainConfig(sae=SaeConfig(k=2, d_sae=4, dead_tokens=50), run_dir=str(run)), run / "config.yaml"
+        TrainConfig(sae=SaeConfig.make("topk", k=2, d_sae=4, dead_tokens=50), run_dir=str(run)),
+        run / "config.yaml",
     )
     for step, counts in ((2, [0, 0, 0, 0]), (4, [0, 60, 10, 200])):
         state = {"step": step, "tokens": 40 * step, "dead_tracker": {"tokens_since_fired": counts}}
@@ -79,7 +80,7 @@ def test_geometry_separates_directions_outside_the_data_subspace():
 def test_preactivations_match_the_encoder_formula():
     from saekit.sae import Sae
 
-    sae = Sae(5, SaeConfig(k=2, d_sae=6), act_scale=2.0)
+    sae = Sae(5, SaeConfig.make("topk", k=2, d_sae=6), act_scale=2.0)
     with torch.no_grad():
         sae.b_enc.copy_(torch.arange(6.0))
         sae.b_dec.fill_(0.5)

@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from saekit.config import SaeConfig
-from saekit.sae import Sae, constrained_adam_step, init_sae_from_data_
+from saekit.sae import Sae, init_sae_from_data_, make_objective, mse_scale_from_sample
 from saekit.synthetic import SparseDictionaryData
-from saekit.train.objectives import get_objective, mse_scale_from_sample
+from saekit.train.step import training_step
 from saekit.types import Batch
 
 
-def pair(activation="topk", **kw):
+def pair(method="topk", **kw):
     """Two SAEs with identical weights, one with the bf16 encoder GEMM."""
-    exact = Sae(32, SaeConfig(activation=activation, k=4, d_sae=256, **kw))
-    fast = Sae(32, SaeConfig(activation=activation, k=4, d_sae=256, encoder_bf16=True, **kw))
+    exact = Sae(32, SaeConfig.make(method, k=4, d_sae=256, **kw))
+    fast = Sae(32, SaeConfig.make(method, k=4, d_sae=256, encoder_bf16=True, **kw))
     with torch.no_grad():
         exact.b_enc.copy_(0.1 * torch.randn(256))
     fast.load_state_dict(exact.state_dict())
@@ -32,9 +32,9 @@ def test_pre_activations_are_fp32_and_within_bf16_rounding(reuse):
     assert err.max() <= 2**-7 * (x.abs() @ exact.W_enc.abs()).max()  # ... and only rounding separates them
 
 
-@pytest.mark.parametrize("activation", ["topk", "feature_choice", "batchtopk"])
-def test_gradients_are_fp32_gradients_of_the_selection_bf16_made(activation):
-    _, fast = pair(activation)
+@pytest.mark.parametrize("method", ["topk", "feature_choice", "batchtopk"])
+def test_gradients_are_fp32_gradients_of_the_selection_bf16_made(method):
+    _, fast = pair(method)
     x = torch.randn(64, 32)
     out = fast.train()(x)
     (out.x_hat - x).pow(2).sum().backward()
@@ -59,15 +59,12 @@ def test_training_with_the_bf16_encoder_reaches_the_fp32_loss():
     finals = []
     for bf16 in (False, True):
         torch.manual_seed(1)
-        sae = Sae(32, SaeConfig(k=4, d_sae=128, encoder_bf16=bf16, normalize_activations="none"))
+        sae = Sae(32, SaeConfig.make("topk", k=4, d_sae=128, encoder_bf16=bf16, normalize_activations="none"))
         init_sae_from_data_(sae, sample)
-        objective, scale = get_objective(sae.cfg), mse_scale_from_sample(sample)
+        objective, scale = make_objective(sae.cfg), mse_scale_from_sample(sample)
         optimizer = torch.optim.Adam(sae.parameters(), lr=3e-3)
         for _ in range(150):
-            out = objective(sae, Batch(data.sample(256)), dead_mask=None, mse_scale=scale)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            constrained_adam_step(sae, optimizer)
+            out = training_step(sae, objective, optimizer, Batch(data.sample(256)), mse_scale=scale)
         finals.append(out.metrics["fvu"])
     fp32_fvu, bf16_fvu = finals
     assert fp32_fvu < 0.5  # it learned something

@@ -8,7 +8,6 @@ import torch
 from sae_checks import assert_grads_match_dense_reference
 from safetensors.torch import load_file
 
-import saekit.sae.methods  # noqa: F401  (registers feature_choice)
 from saekit.cli import main
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
@@ -19,9 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_sae(d_in=10, k=4, d_sae=30, **kw):
-    sae = Sae(
-        d_in, SaeConfig(activation="feature_choice", k=k, d_sae=d_sae, normalize_activations="none", **kw)
-    )
+    sae = Sae(d_in, SaeConfig.make("feature_choice", k=k, d_sae=d_sae, normalize_activations="none", **kw))
     with torch.no_grad():  # untie and shift so every parameter matters
         sae.W_enc.add_(0.2 * torch.randn_like(sae.W_enc))
         sae.b_dec.copy_(0.5 * torch.randn(d_in))
@@ -111,14 +108,14 @@ def test_aux_columns_and_dense_pre_acts_come_back_batch_major():
 def test_tokens_per_latent_default_explicit_and_errors():
     sae = make_sae(k=4, d_sae=30)
     assert sae.activation.tokens_per_latent(16, 30) == math.ceil(4 * 16 / 30)
-    with pytest.raises(ConfigError, match="raise batch_size to at least 8.*fc_tokens_per_latent"):
+    with pytest.raises(ConfigError, match="raise batch_size to at least 8.*sae.tokens_per_latent"):
         sae.encode(torch.randn(5, 10), training=True)  # 4·5 < 30: m would be below 1
-    explicit = make_sae(k=4, d_sae=30, fc_tokens_per_latent=1)
+    explicit = make_sae(k=4, d_sae=30, tokens_per_latent=1)
     assert (column_counts(explicit.encode(torch.randn(5, 10), training=True)) <= 1).all()
-    wide = make_sae(fc_tokens_per_latent=50)
+    wide = make_sae(tokens_per_latent=50)
     assert wide.activation.tokens_per_latent(6, 30) == 6  # capped at the batch
-    with pytest.raises(ConfigError, match="fc_tokens_per_latent"):
-        make_sae(fc_tokens_per_latent=0)
+    with pytest.raises(ConfigError, match="tokens_per_latent"):
+        make_sae(tokens_per_latent=0)
 
 
 # ------------------------------------------------------------------------------------------ thresholds
@@ -163,8 +160,8 @@ def test_eval_mode_uses_per_latent_thresholds_and_is_batch_independent():
 
 def test_thresholds_reproduce_about_m_firings_per_latent_on_held_out_batches():
     data = SparseDictionaryData(d_in=16, n_features=48, k_active=4, seed=1, noise=0.02)
-    sae = Sae(16, SaeConfig(activation="feature_choice", k=4, d_sae=64, normalize_activations="none",
-                            threshold_ema=0.05))  # fmt: skip
+    sae = Sae(16, SaeConfig.make("feature_choice", k=4, d_sae=64, normalize_activations="none",
+                                 threshold_ema=0.05))  # fmt: skip
     batch = 256
     m = math.ceil(4 * batch / 64)
     for _ in range(150):  # training-mode selections learn θ (the weights do not matter for this property)
@@ -189,7 +186,7 @@ def test_cli_trains_and_reloads_with_identical_eval_codes(tmp_path):
          "shuffle_buffer_tokens=1000"]
     ) == 0  # fmt: skip
     sae = Sae.load(run / "final").eval()
-    assert sae.cfg.activation == "feature_choice"
+    assert sae.cfg.method == "feature_choice"
     assert (sae.threshold >= 0).all() and sae.threshold.unique().numel() > sae.d_sae // 2  # per-latent values
     shard = sorted((cache / "blocks.1.hook_resid_post").glob("shard-*.safetensors"))[0]
     x = sae.scale_input(load_file(str(shard))["acts"][:256])

@@ -10,7 +10,7 @@ from saekit.types import Batch
 def test_folded_gsae_selects_the_same_latents_on_raw_inputs():
     torch.manual_seed(0)
     c = 0.3
-    sae = Sae(12, SaeConfig(activation="gsae", k=3, d_sae=40, grad_beta=5.0), act_scale=c).eval()
+    sae = Sae(12, SaeConfig.make("gsae", k=3, d_sae=40, grad_beta=5.0), act_scale=c).eval()
     with torch.no_grad():
         sae.b_enc.normal_()
         sae.b_dec.normal_()

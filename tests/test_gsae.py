@@ -7,6 +7,7 @@ alignment in tests/test_collect.py; here we check the quantity g-SAE actually us
 finite difference of the loss along a decoder direction.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,16 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import saekit.sae.gradient  # noqa: F401  (registers "gsae" until saekit.sae imports methods.py)
 from saekit.activations import CacheWriter
 from saekit.cli import main
 from saekit.config import SaeConfig, TrainConfig
 from saekit.errors import DataError
 from saekit.models import bos_token_id, capture, load_model, run_with_splice, tokenizer_of
-from saekit.sae import Sae
-from saekit.sae.gradient import WithGradients, gradient_scores
+from saekit.sae import METHODS, Sae, get_method
+from saekit.sae.methods.gsae import WithGradients, gradient_scores
+from saekit.sae.objective import ReconstructionAuxK
 from saekit.train import train
-from saekit.train.objectives import register_objective, topk_auxk_objective
 from saekit.types import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,14 +33,14 @@ def make_pair(d_in=12, k=4, d_sae=40, beta=1.0, score_dtype=torch.float32, **kw)
     """A g-SAE (score GEMM in `score_dtype`) and a TopK SAE with identical (untied, shifted) weights."""
     gsae = Sae(
         d_in,
-        SaeConfig(activation="gsae", k=k, d_sae=d_sae, grad_beta=beta, normalize_activations="none", **kw),
+        SaeConfig.make("gsae", k=k, d_sae=d_sae, grad_beta=beta, normalize_activations="none", **kw),
     )
     with torch.no_grad():
         gsae.W_enc.add_(0.3 * torch.randn_like(gsae.W_enc))
         gsae.b_dec.copy_(0.5 * torch.randn(d_in))
         gsae.b_enc.copy_(0.2 * torch.randn(d_sae) + 0.5)
     gsae.activation.score_dtype = score_dtype
-    topk = Sae(d_in, SaeConfig(k=k, d_sae=d_sae, normalize_activations="none"))
+    topk = Sae(d_in, SaeConfig.make("topk", k=k, d_sae=d_sae, normalize_activations="none"))
     topk.load_state_dict(gsae.state_dict())
     return gsae, topk
 
@@ -159,7 +159,7 @@ def test_decoder_direction_derivative_matches_finite_difference_on_tiny_model():
     tokens[:, 0] = bos_token_id(model)
     hook = "blocks.0.hook_resid_post"
     cap = capture(model, tokens, [hook], with_grads=True)
-    sae = Sae(64, SaeConfig(activation="gsae", k=4, d_sae=32), act_scale=2.5).double()
+    sae = Sae(64, SaeConfig.make("gsae", k=4, d_sae=32), act_scale=2.5).double()
     g_scaled = cap.grads[hook].double() / sae.act_scale  # what the trainer hands the activation
 
     def loss_along(direction, b, t, eps):
@@ -187,17 +187,21 @@ def test_decoder_direction_derivative_matches_finite_difference_on_tiny_model():
 SPY_CALLS = []
 
 
-@register_objective("test_gsae_alignment_spy")
-def _alignment_spy(sae, batch, **kw):
-    """Rows of the cache below satisfy grads = 2·acts + 1 (raw); the trainer scales acts by c and grads
-    by 1/c, so in the batch it hands over: c·grads = 2·acts/c + 1."""
-    c = sae.act_scale
-    torch.testing.assert_close(batch.grads * c, 2 * batch.acts / c + 1, rtol=1e-5, atol=1e-5)
-    SPY_CALLS.append(len(batch))
-    return topk_auxk_objective(sae, batch, **kw)
+class AlignmentSpy(ReconstructionAuxK):
+    """g-SAE's own objective, checking first that the batch's gradients are its rows' gradients."""
+
+    def __call__(self, sae, batch, **kw):
+        """Rows of the cache below satisfy grads = 2·acts + 1 (raw); the trainer scales acts by c and grads
+        by 1/c, so in the batch it hands over: c·grads = 2·acts/c + 1."""
+        c = sae.act_scale
+        torch.testing.assert_close(batch.grads * c, 2 * batch.acts / c + 1, rtol=1e-5, atol=1e-5)
+        SPY_CALLS.append(len(batch))
+        return super().__call__(sae, batch, **kw)
 
 
-def test_trainer_keeps_x_and_g_aligned_through_shuffling(tmp_path):
+def test_trainer_keeps_x_and_g_aligned_through_shuffling(tmp_path, monkeypatch):
+    # The trainer builds its objective from the method's declaration: swap in the spy for this test only.
+    monkeypatch.setitem(METHODS, "gsae", dataclasses.replace(get_method("gsae"), objective=AlignmentSpy))
     header = {
         "model_id": "synthetic",
         "hookpoint": "blocks.0.hook_resid_post",
@@ -219,9 +223,8 @@ def test_trainer_keeps_x_and_g_aligned_through_shuffling(tmp_path):
     writer.finish(num_sequences=n // 8 + 1, next_sequence=n // 8 + 1, excluded={})
     SPY_CALLS.clear()
     cfg = TrainConfig(
-        sae=SaeConfig(activation="gsae", k=2, d_sae=12),
+        sae=SaeConfig.make("gsae", k=2, d_sae=12),
         cache_dir=str(tmp_path / "cache"),
-        objective="test_gsae_alignment_spy",
         run_dir=str(tmp_path / "run"),
         total_tokens=320,
         batch_size=32,
@@ -258,7 +261,7 @@ def test_cli_collect_grads_train_reload_and_eval_both_modes(tmp_path):
         == 0
     )
     sae = Sae.load(run / "final").eval()
-    assert sae.cfg.activation == "gsae" and sae.activation.beta == 1.0
+    assert sae.cfg.method == "gsae" and sae.activation.beta == 1.0
     saved = Sae.load(run / "final").eval()
     x, g = 3 * torch.randn(20, sae.d_in), torch.randn(20, sae.d_in)
     for batch in (None, Batch(x, grads=g)):
@@ -278,7 +281,7 @@ def test_cli_collect_grads_train_reload_and_eval_both_modes(tmp_path):
     assert modes["top_level"] == "plain"
     grad = modes["grad"]
     for block in (grad["cached"], grad["heldout"], result["cached"], result["heldout"]):
-        assert 0 <= block["fvu"] < 10 and block["l0_mean"] <= sae.cfg.k
+        assert 0 <= block["fvu"] < 10 and block["l0_mean"] <= sae.cfg.params.k
     assert grad["splice"]["positions"] == result["splice"]["positions"] > 0
     # Same clean model and text, so the clean CE agrees; the SAE splice may differ between modes.
     assert grad["splice"]["ce_loss"]["clean"] == pytest.approx(result["splice"]["ce_loss"]["clean"])

@@ -40,7 +40,10 @@ def tiny_run(tmp_path_factory):
         model=model,
     )
     cfg = TrainConfig(
-        sae=SaeConfig(k=4, d_sae=96), cache_dir=str(root / "cache"), hookpoint=HOOK, run_dir=str(root / "run")
+        sae=SaeConfig.make("topk", k=4, d_sae=96),
+        cache_dir=str(root / "cache"),
+        hookpoint=HOOK,
+        run_dir=str(root / "run"),
     )
     x = open_cache(cfg.cache_dir, HOOK).rows(800)
     sae = Sae(

@@ -2,39 +2,45 @@
 metrics, and CLI train + reload."""
 
 import copy
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from sae_checks import train_with_objective
+from sae_checks import train_on_synthetic
 
-import saekit.sae.methods  # noqa: F401  (registers batchtopk, matryoshka, … until saekit.sae imports it)
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
 from saekit.eval.levels import level_metrics
-from saekit.sae import ACTIVATIONS, Sae, constrained_adam_step
-from saekit.synthetic import HierarchicalData
-from saekit.train.dead import DeadLatentTracker
-from saekit.train.matryoshka import (
-    matryoshka_objective,
-    permute_latents_,
+from saekit.sae import METHODS, Sae, constrained_adam_step, get_method, make_objective
+from saekit.sae.methods.matryoshka import MatryoshkaObjective, permute_latents_, resort_key
+from saekit.sae.methods.selection import SELECTION_RULES
+from saekit.sae.objective import ReconstructionAuxK, auxk_loss
+from saekit.sae.prefixes import (
     prefix_losses,
     prefix_reconstructions,
     resolve_prefix_weights,
     resolve_prefixes,
-    resort_key,
     sample_prefixes,
 )
-from saekit.train.objectives import auxk_loss, get_objective, topk_auxk_objective
+from saekit.synthetic import HierarchicalData
+from saekit.train.dead import DeadLatentTracker
+from saekit.train.step import training_step
 from saekit.types import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
-ACTS = ["topk"] + [name for name in ("batchtopk",) if name in ACTIVATIONS]
+ACTS = ["topk", "batchtopk"]  # Matryoshka's selection rules under test: per-row and batch-coupled
+assert set(ACTS) <= set(SELECTION_RULES)
 
 
 def make_sae(d_in=10, k=4, d_sae=32, activation="topk", **kw):
-    sae = Sae(d_in, SaeConfig(activation=activation, k=k, d_sae=d_sae, normalize_activations="none", **kw))
+    """A Matryoshka SAE whose selection rule is `activation` (Matryoshka's own default is batchtopk)."""
+    cfg = SaeConfig.make(
+        "matryoshka", activation=activation, k=k, d_sae=d_sae, normalize_activations="none", **kw
+    )
+    sae = Sae(d_in, cfg)
     with torch.no_grad():  # untie and shift so every parameter matters
         sae.W_enc.add_(0.2 * torch.randn_like(sae.W_enc))
         sae.b_dec.copy_(0.3 * torch.randn(d_in))
@@ -46,16 +52,18 @@ def make_sae(d_in=10, k=4, d_sae=32, activation="topk", **kw):
 
 
 def test_resolve_prefixes_defaults_and_validation():
-    assert resolve_prefixes(SaeConfig(), 256) == [16, 32, 64, 128, 256]
-    assert resolve_prefixes(SaeConfig(), 20) == [1, 2, 5, 10, 20]  # n/16 = 1, all widths kept, ≥ 1
-    assert resolve_prefixes(SaeConfig(prefixes=(4, 8)), 32) == [4, 8, 32]  # d_sae appended
-    assert resolve_prefix_weights(SaeConfig(), 4) == [0.25] * 4
+    defaults = SaeConfig.make("matryoshka").params
+    assert defaults.prefixes is None and defaults.prefix_weights is None
+    assert resolve_prefixes(defaults.prefixes, 256) == [16, 32, 64, 128, 256]
+    assert resolve_prefixes(None, 20) == [1, 2, 5, 10, 20]  # n/16 = 1, all widths kept, ≥ 1
+    assert resolve_prefixes((4, 8), 32) == [4, 8, 32]  # d_sae appended
+    assert resolve_prefix_weights(defaults.prefix_weights, 4) == [0.25] * 4
     with pytest.raises(ConfigError, match="strictly increasing"):
-        resolve_prefixes(SaeConfig(prefixes=(8, 8, 32)), 32)
+        resolve_prefixes((8, 8, 32), 32)
     with pytest.raises(ConfigError, match="exceeds d_sae"):
-        resolve_prefixes(SaeConfig(prefixes=(8, 64)), 32)
+        resolve_prefixes((8, 64), 32)
     with pytest.raises(ConfigError, match="prefix_weights"):
-        resolve_prefix_weights(SaeConfig(prefix_weights=(0.5, 0.5)), 3)
+        resolve_prefix_weights((0.5, 0.5), 3)
 
 
 @pytest.mark.parametrize("d_sae,n_prefixes,min_len", [(64, 6, 1), (200, 10, 16), (12, 20, 3), (9, 3, 9)])
@@ -136,7 +144,9 @@ def test_total_loss_is_weighted_sum_of_prefix_losses_plus_auxk(activation):
     x = torch.randn(24, 10)
     dead = torch.zeros(32, dtype=torch.bool)
     dead[torch.randperm(32)[:12]] = True
-    out = matryoshka_objective(sae, Batch(x), dead_mask=dead, mse_scale=2.0)
+    objective = make_objective(sae.cfg)
+    assert isinstance(objective, MatryoshkaObjective)
+    out = objective(sae, Batch(x), dead_mask=dead, mse_scale=2.0)
     # Independent reference: dense code and plain per-prefix slicing.
     with torch.no_grad():
         enc = sae.activation.encode(sae, x, batch=None, training=True, aux_columns=torch.nonzero(dead)[:, 0])
@@ -155,14 +165,17 @@ def test_total_loss_is_weighted_sum_of_prefix_losses_plus_auxk(activation):
 # ---------------------------------------------------------------------------------- sampled prefixes
 
 
+def _plain_objective(sae):
+    """TopK + AuxK (no prefixes): steps that are not themselves Matryoshka's."""
+    return ReconstructionAuxK(sae.cfg.params)
+
+
 def _stepped_sae_and_adam(steps=2, d_in=10, d_sae=32):
     sae = make_sae(d_in=d_in, d_sae=d_sae)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    objective = _plain_objective(sae)
     for _ in range(steps):
-        out = topk_auxk_objective(sae, Batch(torch.randn(32, d_in)), dead_mask=None, mse_scale=1.0)
-        opt.zero_grad()
-        out.loss.backward()
-        constrained_adam_step(sae, opt)
+        training_step(sae, objective, opt, Batch(torch.randn(32, d_in)), mse_scale=1.0)
     return sae, opt
 
 
@@ -174,10 +187,7 @@ def _clone_with_adam(sae, opt):
 
 
 def _one_step(sae, opt, x):
-    out = topk_auxk_objective(sae, Batch(x), dead_mask=None, mse_scale=1.0)
-    opt.zero_grad()
-    out.loss.backward()
-    constrained_adam_step(sae, opt)
+    training_step(sae, _plain_objective(sae), opt, Batch(x), mse_scale=1.0)
 
 
 @pytest.mark.parametrize("move_moments", [True, False])
@@ -208,10 +218,8 @@ def test_permuting_latents_with_adam_moments_leaves_outputs_and_next_step_unchan
 
 
 def test_permutation_also_moves_threshold_buffer():
-    sae = make_sae(activation="batchtopk") if "batchtopk" in ACTIVATIONS else None
-    if sae is None:  # the buffer exists only for threshold activations; emulate one
-        sae = make_sae()
-        sae.threshold = torch.zeros(32)
+    sae = make_sae(activation="batchtopk")  # the threshold buffer exists only for threshold activations
+    assert sae.activation.threshold == "buffer" and not isinstance(sae.threshold, torch.nn.Parameter)
     sae.threshold.copy_(torch.arange(32.0))
     perm = torch.randperm(32)
     assert permute_latents_(sae, perm)
@@ -223,7 +231,7 @@ def test_sampled_post_step_sorts_latents_by_importance_and_keeps_the_model(monke
     sae = make_sae(prefix_mode="sampled", n_sampled_prefixes=4, min_prefix_length=2, d_sae=32)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     tracker = DeadLatentTracker(32, dead_tokens=10**6)
-    objective = get_objective("matryoshka")
+    objective = make_objective(sae.cfg)
     monkeypatch.setattr(objective, "resort_every_tokens", 0)  # re-sort after every step
     x_probe = torch.randn(16, 10)
     for _ in range(3):
@@ -236,16 +244,18 @@ def test_sampled_post_step_sorts_latents_by_importance_and_keeps_the_model(monke
         rows_before = sae.W_dec.detach()[fired_before].sum(0)
         with torch.no_grad():
             before = sae(x_probe).x_hat
-        objective.post_step(sae, opt, tracker, out)
+        perm = objective.post_step(sae, opt, out)
+        if perm is not None:  # the caller (the trainer's step) moves its own per-latent counters
+            tracker.permute_(perm)
         with torch.no_grad():
             torch.testing.assert_close(sae(x_probe).x_hat, before, rtol=1e-6, atol=1e-6)
         # out.fired was relabelled with the weights: it marks the same decoder rows as before
         assert out.fired.sum() == fired_before.sum() and not out.fired.all()
         torch.testing.assert_close(sae.W_dec.detach()[out.fired].sum(0), rows_before)
         tracker.update(out.fired, 8)
-        key = resort_key(objective.importance(sae))
+        key = resort_key(objective.importance)
         assert (key[:-1] >= key[1:]).all()  # descending (on the log grid) after the re-sort
-    importance = objective.importance(sae)
+    importance = objective.importance
     assert importance[0] > 0 and importance[0] >= 0.5 * importance.max()
     assert "fvu_first_prefix" in out.metrics
 
@@ -253,7 +263,7 @@ def test_sampled_post_step_sorts_latents_by_importance_and_keeps_the_model(monke
 def test_sampled_resort_waits_for_enough_tokens(monkeypatch):
     sae = make_sae(prefix_mode="sampled", n_sampled_prefixes=3, d_sae=32)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
-    objective = get_objective("matryoshka")
+    objective = make_objective(sae.cfg)
     monkeypatch.setattr(objective, "resort_every_tokens", 100)
     orders = []
     for _ in range(4):  # 64 tokens per step: re-sorts after steps 1 (first) and 3 (128 ≥ 100 tokens)
@@ -262,8 +272,9 @@ def test_sampled_resort_waits_for_enough_tokens(monkeypatch):
         out.loss.backward()
         constrained_adam_step(sae, opt)
         before = sae.W_dec.detach().clone()
-        objective.post_step(sae, opt, None, out)
+        perm = objective.post_step(sae, opt, out)
         orders.append(not torch.equal(before, sae.W_dec))
+        assert (perm is not None) == orders[-1]  # a re-sort returns the permutation it applied
     assert orders == [True, False, True, False]
 
 
@@ -279,9 +290,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _train(objective, cfg, data, steps=400, seed=0):
+def _train(cfg, data, steps=400, seed=0):
     torch.manual_seed(seed)
-    return train_with_objective(objective, cfg, data, steps=steps, batch_rows=512)
+    return train_on_synthetic(cfg, data, steps=steps, batch_rows=512)
 
 
 def test_matryoshka_prefixes_reconstruct_alone_and_recover_parents_better_than_topk(one_thread):
@@ -290,13 +301,14 @@ def test_matryoshka_prefixes_reconstruct_alone_and_recover_parents_better_than_t
     )
     prefixes = (8, 16, 32)
     base = dict(k=3, d_sae=32, normalize_activations="none")
-    matryoshka = _train(matryoshka_objective, SaeConfig(prefixes=prefixes, **base), data)
-    flat = _train(topk_auxk_objective, SaeConfig(**base), data)
+    # per-row TopK selection for both, so only the loss differs
+    matryoshka = _train(SaeConfig.make("matryoshka", activation="topk", prefixes=prefixes, **base), data)
+    flat = _train(SaeConfig.make("topk", **base), data)
     x, active = data.sample_with_active(4096)
-    m_levels = level_metrics(matryoshka, x, objective="matryoshka")
-    f_levels = level_metrics(flat, x, objective="matryoshka", levels=list(prefixes))
+    m_levels = level_metrics(matryoshka, x)
+    f_levels = level_metrics(flat, x, levels=list(prefixes), report=get_method("matryoshka").levels)
     fvu = m_levels["fvu"]
-    assert m_levels["widths"] == list(prefixes)
+    assert m_levels["kind"] == "prefix" and m_levels["levels"] == list(prefixes)
     assert fvu[0] > fvu[1] > fvu[2]  # strictly better with every wider prefix
     assert fvu[0] < 0.6 and fvu[0] < 0.6 * f_levels["fvu"][0]  # the smallest prefix alone works
     assert m_levels["l0"][0] < m_levels["l0"][-1] <= 3 + 1e-9
@@ -338,9 +350,8 @@ def test_cli_train_and_reload_give_identical_encodes(tiny_cache, tmp_path, confi
     from saekit.cli import main
 
     run = tmp_path / config
-    act = [] if "batchtopk" in ACTIVATIONS else ["sae.activation=topk"]
     args = ["train", str(ROOT / f"configs/{config}.yaml"), f"cache_dir={tiny_cache}", f"run_dir={run}"]
-    assert main([*args, "progress=false", "total_tokens=2560", *act]) == 0
+    assert main([*args, "progress=false", "total_tokens=2560"]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(r["fvu"] == r["fvu"] for r in rows)  # no NaN
     sae = Sae.load(run / "final").eval()
@@ -351,20 +362,22 @@ def test_cli_train_and_reload_give_identical_encodes(tiny_cache, tmp_path, confi
     assert torch.equal(sae.reconstruct(x), again.reconstruct(x))
     if sae.threshold is not None:
         assert (sae.threshold > 0).all()  # the learned inference threshold survived the round trip
-    levels = level_metrics(sae, x, objective="matryoshka")
-    assert len(levels["fvu"]) == len(levels["widths"]) and levels["widths"][-1] == sae.d_sae
+    assert sae.cfg.method == "matryoshka"
+    levels = level_metrics(sae, x)
+    assert levels["kind"] == "prefix"
+    assert len(levels["fvu"]) == len(levels["levels"]) and levels["levels"][-1] == sae.d_sae
 
 
 def test_cli_eval_writes_per_prefix_levels(tiny_cache, tmp_path):
     from saekit.cli import main
 
     run = tmp_path / "run"
-    act = [] if "batchtopk" in ACTIVATIONS else ["sae.activation=topk"]
     args = ["train", str(ROOT / "configs/tiny_matryoshka.yaml"), f"cache_dir={tiny_cache}", f"run_dir={run}"]
-    assert main([*args, "progress=false", "total_tokens=1280", *act]) == 0
+    assert main([*args, "progress=false", "total_tokens=1280"]) == 0
     assert main(["eval", str(run), "num_sequences=2", "batch_size=2", "max_eval_rows=500"]) == 0
     levels = json.loads((run / "eval.json").read_text())["levels"]
-    assert levels["kind"] == "prefix" and levels["widths"] == [16, 64, 256] and levels["rows"] == 500
+    assert levels["kind"] == "prefix" and levels["levels"] == [16, 64, 256] and levels["rows"] == 500
+    assert levels["method"] == "matryoshka"
     assert levels["fvu"][0] > levels["fvu"][-1]
 
 
@@ -373,9 +386,13 @@ def test_sampled_resume_restores_importance_and_gives_identical_weights(tiny_cac
 
     from saekit.cli import main
 
-    monkeypatch.setattr(matryoshka_objective, "resort_every_tokens", 256)  # re-sort every 2 steps
-    act = [] if "batchtopk" in ACTIVATIONS else ["sae.activation=topk"]
-    common = [f"cache_dir={tiny_cache}", "progress=false", "batch_size=128", "checkpoint_every=3", *act]
+    # Each run builds its own objective from the method: make the method's build re-sort every 2 steps.
+    method = get_method("matryoshka")
+    resort_often = dataclasses.replace(
+        method, objective=functools.partial(MatryoshkaObjective, resort_every_tokens=256)
+    )
+    monkeypatch.setitem(METHODS, "matryoshka", resort_often)
+    common = [f"cache_dir={tiny_cache}", "progress=false", "batch_size=128", "checkpoint_every=3"]
     config = str(ROOT / "configs/tiny_matryoshka_sampled.yaml")
     assert main(["train", config, f"run_dir={tmp_path / 'full'}", "total_tokens=1536", *common]) == 0
     assert main(["train", config, f"run_dir={tmp_path / 'half'}", "total_tokens=768", *common]) == 0

@@ -235,7 +235,7 @@ def test_embedded_cache_is_built_once_and_never_left_half_written(tmp_path, monk
     calls = []
 
     def interrupted(out_dir):
-        out_dir.mkdir(parents=True)
+        out_dir.mkdir(parents=True, exist_ok=True)  # the staged directory may already exist
         (out_dir / "model.safetensors").write_text("partial")
         raise KeyboardInterrupt
 
@@ -246,7 +246,7 @@ def test_embedded_cache_is_built_once_and_never_left_half_written(tmp_path, monk
 
     def complete(out_dir):
         calls.append(out_dir)
-        out_dir.mkdir(parents=True)
+        out_dir.mkdir(parents=True, exist_ok=True)  # the staged directory may already exist
         (out_dir / "config.json").write_text("{}")
 
     monkeypatch.setattr(embedded, "_write_plain_checkpoint", complete)

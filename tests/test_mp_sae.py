@@ -6,14 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import saekit.sae.matching_pursuit  # noqa: F401  (registers "mp" until saekit.sae imports methods.py)
 from saekit.cli import main
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError
-from saekit.sae import Sae, constrained_adam_step, init_sae_from_data_
-from saekit.sae.matching_pursuit import matching_pursuit, merge_repeated_atoms, mp_objective
+from saekit.sae import Sae, init_sae_from_data_, make_objective, mse_scale_from_sample
+from saekit.sae.methods.mp import MpObjective, matching_pursuit, merge_repeated_atoms
 from saekit.synthetic import HierarchicalData
-from saekit.train.objectives import get_objective, mse_scale_from_sample
+from saekit.train.step import FixedDeadMask, training_step
 from saekit.types import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +24,8 @@ def unit_rows(n, d, dtype=torch.float32):
 
 
 def mp_sae(d_in=10, k=4, d_sae=30, **kw):
-    sae = Sae(d_in, SaeConfig(activation="mp", k=k, d_sae=d_sae, k_aux=0, normalize_activations="none", **kw))
+    """MP-SAE with T = k pursuit steps (MP has no k and no AuxK keys)."""
+    sae = Sae(d_in, SaeConfig.make("mp", steps=k, d_sae=d_sae, normalize_activations="none", **kw))
     with torch.no_grad():
         sae.b_dec.copy_(0.3 * torch.randn(d_in))
     return sae
@@ -119,7 +119,7 @@ def test_training_and_eval_codes_agree_and_aux_columns_are_refused():
     # Per-token code: no batch dependence.
     one = sae.encode(x[3:4])
     assert one.indices.tolist() == eval_code.indices[eval_code.offsets[3] : eval_code.offsets[4]].tolist()
-    with pytest.raises(ConfigError, match="k_aux"):
+    with pytest.raises(ConfigError, match="without AuxK"):
         sae(x, aux_columns=torch.tensor([0, 1]))
 
 
@@ -151,13 +151,13 @@ def test_gradients_match_a_projection_product_reference():
 def test_atoms_stay_unit_norm_and_encoder_stays_tied_after_optimiser_steps():
     sae = mp_sae()
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    objective = make_objective(sae.cfg)
+    assert isinstance(objective, MpObjective)
+    every_latent_dead = FixedDeadMask(torch.ones(30, dtype=torch.bool))  # MP must not train AuxK anyway
     for _ in range(5):
         x = torch.randn(32, 10)
-        out = mp_objective(sae, Batch(x), dead_mask=torch.ones(30, dtype=torch.bool), mse_scale=1.0)
-        optimizer.zero_grad()
-        out.loss.backward()
-        constrained_adam_step(sae, optimizer)
-        mp_objective.post_step(sae, optimizer, None, out)
+        # objective → backward → constrained Adam step → post_step (re-ties W_enc = W_decᵀ)
+        out = training_step(sae, objective, optimizer, Batch(x), mse_scale=1.0, tracker=every_latent_dead)
         assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
         assert torch.equal(sae.W_enc, sae.W_dec.t())
         assert out.losses["aux"] == 0.0 and out.metrics["l0"] <= 4
@@ -182,25 +182,19 @@ def hierarchy(seed):
 def child_recovery(activation, seed, steps=400):
     torch.manual_seed(seed)
     data = hierarchy(seed)
-    cfg = SaeConfig(
-        activation=activation,
-        k=2,
-        d_sae=data.n_features,
-        k_aux=0,
-        normalize_activations="none",
-        init_b_dec="zeros",
-    )
+    common = dict(d_sae=data.n_features, normalize_activations="none", init_b_dec="zeros")
+    if activation == "mp":
+        cfg = SaeConfig.make("mp", steps=2, **common)
+    else:
+        cfg = SaeConfig.make(activation, k=2, k_aux=0, **common)
     sae = Sae(data.d_in, cfg)
     sample = data.sample(2048)
     init_sae_from_data_(sae, sample)
-    objective = get_objective("mp" if activation == "mp" else "topk_auxk")
+    objective = make_objective(cfg)
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
     scale = mse_scale_from_sample(sample)
     for _ in range(steps):
-        out = objective(sae, Batch(data.sample(256)), dead_mask=None, mse_scale=scale)
-        optimizer.zero_grad()
-        out.loss.backward()
-        constrained_adam_step(sae, optimizer)
+        training_step(sae, objective, optimizer, Batch(data.sample(256)), mse_scale=scale)
     return data.recovery_score(sae.W_dec, "children")
 
 
@@ -246,11 +240,11 @@ def test_cli_train_mp_and_reload(tmp_path):
         == 0
     )
     sae, again = Sae.load(run / "final").eval(), Sae.load(run / "final").eval()
-    assert sae.cfg.activation == "mp" and sae.activation.steps == sae.cfg.k
+    assert sae.cfg.method == "mp" and sae.activation.steps == sae.cfg.params.steps == 8
     # The checkpoint stores the tied encoder (up to the trainer's final, rounding-level renormalisation).
     torch.testing.assert_close(sae.W_enc, sae.W_dec.t(), rtol=0, atol=1e-6)
     assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
     x = 4 * torch.randn(30, sae.d_in)
     a, b = sae.encode(x), again.encode(x)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
-    assert (a.l0_per_row() <= sae.cfg.k).all()
+    assert (a.l0_per_row() <= sae.cfg.params.steps).all()

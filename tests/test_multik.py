@@ -6,36 +6,39 @@ from pathlib import Path
 
 import pytest
 import torch
-from sae_checks import train_with_objective
+from sae_checks import train_on_synthetic
 
-import saekit.sae.methods  # noqa: F401  (registers the objectives until saekit.sae imports it)
-import saekit.train.multik as multik
-from saekit.config import SaeConfig
+import saekit.sae.methods.multik as multik
+from saekit.config import SaeConfig, from_dict
 from saekit.errors import ConfigError
 from saekit.eval.levels import level_metrics
-from saekit.sae import ACTIVATIONS, Sae
-from saekit.synthetic import SparseDictionaryData
-from saekit.train.multik import (
+from saekit.sae import Sae, get_method, make_activation, make_objective
+from saekit.sae.methods.multik import (
+    HierarchicalTopKObjective,
+    MsaeObjective,
+    MultiTopKObjective,
+    TopKSoftCap,
+    hierarchical_loss,
+    hierarchical_loss_direct,
+)
+from saekit.sae.methods.topk import TopK
+from saekit.sae.multik_levels import (
     SOFT_CAP,
     encode_levels,
     encode_sorted,
-    hierarchical_loss,
-    hierarchical_loss_direct,
-    hierarchical_topk_objective,
     msae_k_levels,
     msae_level_weights,
-    msae_objective,
-    multi_topk_objective,
     resolve_msae_levels,
 )
-from saekit.train.objectives import auxk_loss, topk_auxk_objective
+from saekit.sae.objective import auxk_loss
+from saekit.synthetic import SparseDictionaryData
 from saekit.types import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_sae(d_in=10, k=3, d_sae=40, activation="topk", **kw):
-    sae = Sae(d_in, SaeConfig(activation=activation, k=k, d_sae=d_sae, normalize_activations="none", **kw))
+def make_sae(d_in=10, k=3, d_sae=40, method="topk", **kw):
+    sae = Sae(d_in, SaeConfig.make(method, k=k, d_sae=d_sae, normalize_activations="none", **kw))
     with torch.no_grad():
         sae.W_enc.add_(0.2 * torch.randn_like(sae.W_enc))
         sae.b_dec.copy_(0.3 * torch.randn(d_in))
@@ -63,9 +66,11 @@ def grads_of(sae, loss):
 
 
 def test_multi_topk_loss_is_L_k_plus_L_4k_over_8_with_matching_gradients():
-    sae = make_sae(k=3, d_sae=40)
+    sae = make_sae(k=3, d_sae=40, method="multi_topk")
+    objective = make_objective(sae.cfg)
+    assert isinstance(objective, MultiTopKObjective)
     x = torch.randn(17, 10)
-    out = multi_topk_objective(sae, Batch(x), dead_mask=None, mse_scale=1.7)
+    out = objective(sae, Batch(x), dead_mask=None, mse_scale=1.7)
     got = grads_of(sae, out.loss)
     loss_k = 1.7 * (dense_topk_recon(sae, x, 3)[0] - x).pow(2).mean()
     loss_4k = 1.7 * (dense_topk_recon(sae, x, 12)[0] - x).pow(2).mean()
@@ -79,12 +84,13 @@ def test_multi_topk_loss_is_L_k_plus_L_4k_over_8_with_matching_gradients():
 
 
 def test_multi_topk_auxk_uses_the_k_level_residual():
-    sae = make_sae(k=3, d_sae=40, k_aux=4, aux_coef=0.5)
+    sae = make_sae(k=3, d_sae=40, method="multi_topk", k_aux=4, aux_coef=0.5)
+    objective = make_objective(sae.cfg)
     x = torch.randn(20, 10)
     dead = torch.zeros(40, dtype=torch.bool)
     dead[torch.randperm(40)[:15]] = True
-    out = multi_topk_objective(sae, Batch(x), dead_mask=dead, mse_scale=1.0)
-    no_aux = multi_topk_objective(sae, Batch(x), dead_mask=None, mse_scale=1.0)
+    out = objective(sae, Batch(x), dead_mask=dead, mse_scale=1.0)
+    no_aux = objective(sae, Batch(x), dead_mask=None, mse_scale=1.0)
     dead_idx = torch.nonzero(dead)[:, 0]
     with torch.no_grad():
         x_hat_k = dense_topk_recon(sae, x, 3)[0]
@@ -94,12 +100,22 @@ def test_multi_topk_auxk_uses_the_k_level_residual():
     torch.testing.assert_close(out.loss.detach(), no_aux.loss.detach() + 0.5 * aux, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("objective", [multi_topk_objective, hierarchical_topk_objective, msae_objective])
-def test_multi_k_objectives_need_a_per_row_topk_activation(objective):
-    assert "batchtopk" in ACTIVATIONS
-    sae = make_sae(activation="batchtopk")
-    with pytest.raises(ConfigError, match="per-row"):
-        objective(sae, Batch(torch.randn(4, 10)), dead_mask=None, mse_scale=1.0)
+@pytest.mark.parametrize(
+    "method,objective",
+    [
+        ("multi_topk", MultiTopKObjective),
+        ("hierarchical_topk", HierarchicalTopKObjective),
+        ("msae", MsaeObjective),
+    ],
+)
+def test_multi_k_objectives_need_a_per_row_topk_activation(method, objective):
+    # The method fixes its encode rule: always a per-row TopK (MSAE: with the soft cap) ...
+    cfg = SaeConfig.make(method, k=3, d_sae=40)
+    assert isinstance(make_activation(cfg), TopK)
+    assert isinstance(make_objective(cfg), objective)
+    # ... and another selection rule (e.g. the batch-coupled BatchTopK) cannot be configured.
+    with pytest.raises(ConfigError, match="unknown key 'sae.activation'"):
+        from_dict(SaeConfig, {"method": method, "k": 3, "activation": "batchtopk"}, "sae.")
 
 
 # --------------------------------------------------------------------------------- HierarchicalTopK
@@ -125,9 +141,11 @@ def test_gram_identity_equals_direct_cumsum(monkeypatch, chunk_elements):
 
 
 def test_hierarchical_objective_matches_its_definition_and_touches_only_selected_latents():
-    sae = make_sae(k=4, d_sae=40)
+    sae = make_sae(k=4, d_sae=40, method="hierarchical_topk")
+    objective = make_objective(sae.cfg)
+    assert isinstance(objective, HierarchicalTopKObjective)
     x = torch.randn(15, 10)
-    out = hierarchical_topk_objective(sae, Batch(x), dead_mask=None, mse_scale=0.8)
+    out = objective(sae, Batch(x), dead_mask=None, mse_scale=0.8)
     got = grads_of(sae, out.loss)
     expected = sum(0.8 * (dense_topk_recon(sae, x, j)[0] - x).pow(2).mean() for j in range(1, 5)) / 4
     torch.testing.assert_close(out.loss.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
@@ -164,24 +182,25 @@ def _one_thread():
     return before
 
 
-def _train(objective, cfg, data, steps=300):
-    return train_with_objective(objective, cfg, data, steps=steps, batch_rows=256)
+def _train(cfg, data, steps=300):
+    return train_on_synthetic(cfg, data, steps=steps, batch_rows=256)
 
 
 def test_hierarchical_topk_fvu_is_non_increasing_in_k_after_training():
     before = _one_thread()
     try:
         data = SparseDictionaryData(d_in=24, n_features=48, k_active=4, seed=3, zipf_exponent=0.8)
-        cfg = SaeConfig(k=6, d_sae=64, normalize_activations="none")
-        hier = _train(hierarchical_topk_objective, cfg, data)
-        flat = _train(topk_auxk_objective, cfg, data)
+        common = dict(k=6, d_sae=64, normalize_activations="none")
+        hier = _train(SaeConfig.make("hierarchical_topk", **common), data)
+        flat = _train(SaeConfig.make("topk", **common), data)
         x = data.sample(4096)
-        h_levels = level_metrics(hier, x, objective="hierarchical_topk")
-        f_levels = level_metrics(flat, x, objective="hierarchical_topk")
+        h_levels = level_metrics(hier, x)  # the SAE's method decides the levels
+        f_levels = level_metrics(flat, x, report=get_method("hierarchical_topk").levels)
     finally:
         torch.set_num_threads(before)
     fvu = h_levels["fvu"]
-    assert h_levels["k"] == [1, 2, 3, 4, 5, 6]
+    assert h_levels["kind"] == "k" and h_levels["levels"] == [1, 2, 3, 4, 5, 6]
+    assert f_levels["levels"] == h_levels["levels"]
     assert all(b <= a + 1e-6 for a, b in zip(fvu, fvu[1:], strict=False)), fvu
     assert fvu[-1] < 0.5 * fvu[0]
     assert fvu[0] < f_levels["fvu"][0]  # small budgets beat a flat TopK trained only at K
@@ -204,8 +223,8 @@ def test_msae_k_list_doubles_and_ends_at_n(start, n, expected):
     levels = msae_k_levels(start, n)
     assert levels == expected
     assert all(b == 2 * a for a, b in zip(levels[:-2], levels[1:-1], strict=True)) and levels[-1] == n
-    assert resolve_msae_levels(SaeConfig(k=start, d_sae=n), n) == expected
-    assert resolve_msae_levels(SaeConfig(k=1, k_levels=(start,), d_sae=n), n) == expected
+    assert resolve_msae_levels(SaeConfig.make("msae", k=start, d_sae=n).params, n) == expected
+    assert resolve_msae_levels(SaeConfig.make("msae", k=1, k_levels=(start,), d_sae=n).params, n) == expected
 
 
 def test_msae_weights_are_normalised_and_rw_favours_the_smallest_k():
@@ -237,9 +256,12 @@ def test_msae_level_uses_exactly_min_k_and_positive_count(levels):
 
 
 def test_msae_soft_cap_bounds_codes_and_loss_matches_definition():
-    sae = make_sae(k=2, d_sae=40, activation="topk_softcap", k_levels=(2,), level_weights="reverse")
+    sae = make_sae(k=2, d_sae=40, method="msae", k_levels=(2,), level_weights="reverse")
+    assert isinstance(sae.activation, TopKSoftCap)
+    objective = make_objective(sae.cfg)
+    assert isinstance(objective, MsaeObjective)
     x = 200 * torch.randn(12, 10)  # huge pre-activations: ReLU values far above 30
-    out = msae_objective(sae, Batch(x), dead_mask=None, mse_scale=0.01)
+    out = objective(sae, Batch(x), dead_mask=None, mse_scale=0.01)
     levels = [2, 4, 8, 16, 32, 40]
     weights = msae_level_weights(len(levels), "reverse")
     recon = [dense_topk_recon(sae, x, k, cap=SOFT_CAP) for k in levels]
@@ -247,7 +269,7 @@ def test_msae_soft_cap_bounds_codes_and_loss_matches_definition():
     torch.testing.assert_close(out.loss.detach(), expected.detach(), rtol=1e-5, atol=1e-5)
     assert out.losses["aux"] == 0.0
     with torch.no_grad():
-        code = sae.encode(x)  # inference: topk_softcap applies the same cap
+        code = sae.encode(x)  # inference: msae's TopKSoftCap applies the same cap
         h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     assert code.values.abs().max() <= SOFT_CAP and h.max() > 10 * SOFT_CAP
     torch.testing.assert_close(code.to_dense(), recon[0][1].detach(), rtol=1e-5, atol=1e-5)
@@ -257,19 +279,20 @@ def test_msae_soft_cap_bounds_codes_and_loss_matches_definition():
 
 
 def test_level_metrics_per_k_matches_topk_reconstructions_over_chunks():
-    sae = make_sae(k=4, d_sae=40)
+    sae = make_sae(k=4, d_sae=40, method="multi_topk")
     x = torch.randn(90, 10)
     chunks = [x[:40], x[40:]]  # accumulated over chunks exactly like over one tensor
-    result = level_metrics(sae, chunks, objective="multi_topk")
-    assert result["kind"] == "k" and result["k"] == [4, 16] and result["rows"] == 90
+    result = level_metrics(sae, chunks)
+    assert result["kind"] == "k" and result["levels"] == [4, 16] and result["rows"] == 90
+    assert result["method"] == "multi_topk"
     var = (x - x.mean(0)).pow(2).sum()
     with torch.no_grad():
         for j, k in enumerate([4, 16]):
             x_hat, z = dense_topk_recon(sae, x, k)
             assert result["fvu"][j] == pytest.approx(((x_hat - x).pow(2).sum() / var).item(), rel=1e-5)
             assert result["l0"][j] == pytest.approx((z > 0).sum(1).float().mean().item(), rel=1e-6)
-    with pytest.raises(ValueError, match="no level metrics"):
-        level_metrics(sae, x, objective="topk_auxk")
+    with pytest.raises(ValueError, match="no per-level metrics"):
+        level_metrics(make_sae(k=4, d_sae=40, method="topk"), x)  # a flat method is not nested
 
 
 # --------------------------------------------------------------------------------------- CLI + reload
@@ -299,8 +322,9 @@ def test_cli_train_and_reload_give_identical_encodes(tiny_cache, tmp_path, confi
     a, b = sae.encode(sae.scale_input(x)), again.encode(again.scale_input(x))
     assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
     assert torch.equal(sae.reconstruct(x), again.reconstruct(x))
-    objective = config.removeprefix("tiny_")
-    levels = level_metrics(sae, x, objective=objective)
-    assert len(levels["fvu"]) == len(levels["k"])
-    if objective == "msae":
-        assert sae.cfg.activation == "topk_softcap" and levels["k"][-1] == sae.d_sae
+    method = config.removeprefix("tiny_")
+    assert sae.cfg.method == method
+    levels = level_metrics(sae, x)
+    assert levels["kind"] == "k" and len(levels["fvu"]) == len(levels["levels"])
+    if method == "msae":
+        assert isinstance(sae.activation, TopKSoftCap) and levels["levels"][-1] == sae.d_sae

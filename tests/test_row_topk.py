@@ -45,7 +45,7 @@ def test_falls_back_when_pruning_cannot_help():
 
 
 def test_training_reuses_one_pre_activation_buffer_and_eval_releases_it():
-    sae = Sae(12, SaeConfig(k=3, d_sae=40)).train()
+    sae = Sae(12, SaeConfig.make("topk", k=3, d_sae=40)).train()
     x = torch.randn(5, 12)
     first = sae.dense_pre_acts(x, reuse_buffer=True)
     expected = (x - sae.b_dec) @ sae.W_enc + sae.b_enc

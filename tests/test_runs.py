@@ -7,7 +7,7 @@ import pytest
 
 import saekit
 from saekit.app_launcher import AppNotFoundError, app_command, find_app_dir, launch_app
-from saekit.config import SaeConfig, TrainConfig, save_config
+from saekit.config import SaeConfig, TrainConfig, save_config, to_dict
 from saekit.errors import RunDirError
 from saekit.runs import (
     eval_headline,
@@ -24,12 +24,11 @@ from saekit.runs import (
 REPO_APP = Path(__file__).resolve().parents[1] / "app"
 
 
-def make_run(path: Path, *, final: bool = True, k: int = 4, objective: str = "topk_auxk", model_id="tiny"):
+def make_run(path: Path, *, final: bool = True, k: int = 4, method: str = "topk", model_id="tiny"):
     path.mkdir(parents=True)
     cfg = TrainConfig(
-        sae=SaeConfig(k=k, d_sae=32),
+        sae=SaeConfig.make(method, k=k, d_sae=32),
         cache_dir=str(path / "no-cache"),
-        objective=objective,
         run_dir=str(path),
         total_tokens=1000,
     )
@@ -53,7 +52,7 @@ def test_list_runs_finds_nested_unfinished_and_broken_runs(tmp_path):
     assert [r.name for r in runs] == ["b_unfinished", "c_broken", "demo/topk"]
     unfinished, broken_run, done = runs
     assert done.finished and not unfinished.finished and done.error is None
-    assert done.config["sae"]["k"] == 4
+    assert done.config["sae"]["method"] == "topk" and done.config["sae"]["params"]["k"] == 4
     assert broken_run.error and "k" in broken_run.error and broken_run.config == {}
     table = runs_table(runs)
     assert [row["status"] for row in table] == [
@@ -119,6 +118,17 @@ def test_eval_loading_summaries_and_table(tmp_path):
 @pytest.mark.parametrize(
     "result",
     [
+        {
+            "levels": {
+                "kind": "prefix",
+                "method": "matryoshka",
+                "levels": [8, 16],
+                "fvu": [0.5, 0.3],
+                "l0": [2.0, 3.0],
+                "rows": 9,
+                "definition": "FVU = ...",
+            }
+        },
         {"levels": {"kind": "prefix", "widths": [8, 16], "fvu": [0.5, 0.3], "l0": [2.0, 3.0], "rows": 9}},
         {"levels": [{"level": 8, "fvu": 0.5}, {"level": 16, "fvu": 0.3}]},
         {"heldout": {"per_k": {"8": {"fvu": 0.5}, "16": {"fvu": 0.3}}}},
@@ -134,8 +144,16 @@ def test_eval_levels_absent():
 
 
 def test_method_names():
-    assert method_name({"sae": {"activation": "batchtopk"}, "objective": "topk_auxk"}) == "batchtopk"
-    assert method_name({"sae": {"activation": "topk"}, "objective": "matryoshka"}) == "matryoshka (topk)"
+    assert method_name({"sae": {"method": "batchtopk", "params": {"k": 32}}}) == "batchtopk"
+    assert (
+        method_name({"sae": {"method": "matryoshka", "params": {"activation": "topk"}}})
+        == "matryoshka (topk)"
+    )
+    # The same labels from real resolved configs (what list_runs hands to method_name).
+    batchtopk = TrainConfig(sae=SaeConfig.make("batchtopk", k=8), cache_dir="c")
+    matryoshka = TrainConfig(sae=SaeConfig.make("matryoshka", k=8, activation="topk"), cache_dir="c")
+    assert method_name(to_dict(batchtopk)) == "batchtopk"
+    assert method_name(to_dict(matryoshka)) == "matryoshka (topk)"
 
 
 def test_model_name_falls_back_to_the_sae_record_when_the_cache_is_gone(tmp_path):

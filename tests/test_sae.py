@@ -8,18 +8,19 @@ import torch
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError, DataError, RunDirError
 from saekit.sae import (
+    METHODS,
     Sae,
     constrained_adam_step,
     estimate_act_scale,
     geometric_median,
-    get_activation,
+    get_method,
     init_sae_from_data_,
 )
 from saekit.synthetic import SparseDictionaryData
 
 
-def tiny_sae(d_in=12, k=3, d_sae=40, **kw):
-    return Sae(d_in, SaeConfig(k=k, d_sae=d_sae, **kw))
+def tiny_sae(d_in=12, k=3, d_sae=40, method="topk", **kw):
+    return Sae(d_in, SaeConfig.make(method, k=k, d_sae=d_sae, **kw))
 
 
 def test_parameter_layout_and_init_is_tied_unit_norm():
@@ -62,12 +63,27 @@ def test_forward_returns_only_requested_aux_columns():
 
 def test_k_larger_than_d_sae_is_a_config_error():
     with pytest.raises(ConfigError, match="k=8 exceeds d_sae=4"):
-        Sae(4, SaeConfig(k=8, expansion_factor=1))
+        Sae(4, SaeConfig.make("topk", k=8, expansion_factor=1))
 
 
-def test_unknown_activation_suggests_close_name():
+def test_unknown_method_suggests_close_name():
     with pytest.raises(ConfigError, match="did you mean 'topk'"):
-        get_activation("topkk", SaeConfig())
+        get_method("topkk")
+    with pytest.raises(ConfigError, match="did you mean 'topk'"):
+        SaeConfig.make("topkk", k=4)
+    with pytest.raises(ConfigError, match="unknown method 'no_such_method'"):
+        SaeConfig(method="no_such_method")
+
+
+def test_builtin_methods_are_registered_with_the_sae_layer():
+    builtin = {
+        "topk", "batchtopk", "mutual_choice", "feature_choice", "aux_zipf", "matryoshka",
+        "multi_topk", "hierarchical_topk", "msae", "gsae", "mp", "jumprelu",
+    }  # fmt: skip
+    assert builtin <= set(METHODS)
+    for name in builtin:
+        assert get_method(name) is METHODS[name] and METHODS[name].name == name
+    assert SaeConfig().method == "topk" and type(Sae(12, SaeConfig(d_sae=40)).activation).__name__ == "TopK"
 
 
 # ------------------------------------------------------------------------------ decoder constraint
@@ -224,8 +240,10 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     assert (loaded.act_scale, loaded.hookpoint, loaded.model_id) == (0.25, "blocks.1.hook_resid_post", "tiny")
     assert loaded.cfg == sae.cfg and loaded.extra_cfg == {"cache_hash": "abc"}
     meta = json.loads((path / "cfg.json").read_text())
-    assert meta["format_version"] == 1 and meta["activation"] == "topk" and meta["d_sae"] == 40
-    assert meta["sae"]["k"] == 4 and meta["activation_params"] == {"k": 4}
+    assert meta["format_version"] == 2 and meta["method"] == "topk" and meta["d_sae"] == 40
+    assert meta["sae"]["method"] == "topk" and "activation" not in meta and "activation" not in meta["sae"]
+    assert meta["sae"]["params"] == {"k": 4, "k_aux": None, "aux_coef": 1 / 32}
+    assert meta["sae"]["params"] == sae.activation.params_summary()
     assert not list(tmp_path.glob(".*"))  # no temp directories left behind
     # Saving again over an existing checkpoint replaces it.
     sae.b_dec.data += 1
@@ -243,23 +261,33 @@ def test_saved_weights_are_contiguous_in_saelens_orientation(tmp_path):
 
 
 def test_threshold_buffer_round_trips(tmp_path):
-    from saekit.sae.activations import TopK
+    from saekit.sae import Method, register_method
+    from saekit.sae.config import TopKParams
+    from saekit.sae.methods.topk import TopK
+    from saekit.sae.objective import ReconstructionAuxK
 
     class ThresholdedTopK(TopK):
-        uses_threshold = True
+        threshold = "buffer"
 
-    from saekit.sae import ACTIVATIONS
-
-    ACTIVATIONS["_test_thr"] = ThresholdedTopK
+    register_method(
+        Method(
+            name="_test_thr",
+            params=TopKParams,
+            activation=ThresholdedTopK,
+            objective=ReconstructionAuxK,
+            summary="test: TopK with a threshold buffer",
+        )
+    )
     try:
-        sae = tiny_sae(activation="_test_thr")
+        sae = tiny_sae(method="_test_thr")
+        assert sae.threshold is not None and not isinstance(sae.threshold, torch.nn.Parameter)
         sae.threshold.copy_(torch.rand(40))
         sae.act_scale = 2.0
         loaded = Sae.load(sae.save(tmp_path / "t"))
         assert torch.equal(loaded.threshold, sae.threshold)
         torch.testing.assert_close(sae.fold_act_scale().threshold, sae.threshold / 2.0)
     finally:
-        del ACTIVATIONS["_test_thr"]
+        del METHODS["_test_thr"]
 
 
 def test_load_missing_or_corrupt_checkpoint_raises_run_dir_error(tmp_path):
@@ -280,9 +308,9 @@ def test_load_missing_or_corrupt_checkpoint_raises_run_dir_error(tmp_path):
     (path / "cfg.json").write_text(json.dumps(meta))
     with pytest.raises(RunDirError, match="do not belong together"):
         Sae.load(path)
-    meta["d_in"], meta["sae"]["activation"] = 12, "no_such_activation"
+    meta["d_in"], meta["sae"]["method"] = 12, "no_such_method"
     (path / "cfg.json").write_text(json.dumps(meta))
-    with pytest.raises(RunDirError, match="custom activation"):
+    with pytest.raises(RunDirError, match="custom method"):
         Sae.load(path)
 
 
@@ -300,21 +328,3 @@ def test_synthetic_data_is_seeded_sparse_and_unit_norm():
     torch.testing.assert_close(x, torch.einsum("nk,nkd->nd", coefs, a.features[active]))
     assert a.recovery_score(a.features) == pytest.approx(1.0)
     assert a.recovery_score(torch.randn(25, 10)) < 0.9
-
-
-def test_method_modules_load_lazily_without_import_cycles():
-    import subprocess
-    import sys
-
-    code = (
-        "import saekit.train.objectives as o, saekit.sae as s\n"
-        "from saekit.config import SaeConfig\n"
-        "assert 'topk' in s.ACTIVATIONS\n"
-        "try:\n"
-        "    s.get_activation('no_such_activation', SaeConfig())\n"
-        "except s.get_activation.__globals__['ConfigError']:\n"
-        "    pass\n"
-        "import saekit.sae.methods  # importing it after the core must not cycle either\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr

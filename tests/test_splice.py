@@ -189,7 +189,8 @@ def test_recovered_fraction_limits():
 def test_missing_run_or_checkpoint_raises_run_dir_error(tmp_path, caplog):
     from saekit.config import TrainConfig, save_config
     from saekit.errors import RunDirError
-    from saekit.eval import evaluate_run, find_checkpoint
+    from saekit.eval import evaluate_run
+    from saekit.rundir import RunDir
 
     with pytest.raises(RunDirError, match="saekit train"):
         evaluate_run(tmp_path / "nope")
@@ -203,11 +204,11 @@ def test_missing_run_or_checkpoint_raises_run_dir_error(tmp_path, caplog):
         (tmp_path / "run" / "checkpoints" / step / "sae").mkdir(parents=True)
         (tmp_path / "run" / "checkpoints" / step / "sae" / "cfg.json").write_text("{}")
     (tmp_path / "run" / "checkpoints" / "step_0000030").mkdir()  # incomplete: no sae/
-    assert find_checkpoint(tmp_path / "run").parent.name == "step_0000020"
+    assert RunDir(tmp_path / "run").sae_dir().parent.name == "step_0000020"
     assert "no final/" in caplog.text
     (tmp_path / "run" / "final").mkdir()
     (tmp_path / "run" / "final" / "cfg.json").write_text("{}")
-    assert find_checkpoint(tmp_path / "run").name == "final"
+    assert RunDir(tmp_path / "run").sae_dir().name == "final"
 
 
 HOOK = "blocks.0.hook_resid_post"
@@ -257,7 +258,7 @@ def tiny_runs(tmp_path_factory):
     runs = {}
     for name, d_sae, k in (("untrained", 4 * cache.d_in, 8), ("identity", 2 * cache.d_in, 2 * cache.d_in)):
         cfg = TrainConfig(
-            sae=SaeConfig(k=k, d_sae=d_sae),
+            sae=SaeConfig.make("topk", k=k, d_sae=d_sae),
             cache_dir=str(root / "cache"),
             hookpoint=HOOK,
             run_dir=str(root / name),

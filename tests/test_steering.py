@@ -44,7 +44,7 @@ def sae(model):
     x = capture(model, torch.stack(list(seqs)), [HOOK]).acts[HOOK][:, 1:].reshape(-1, 64)
     sae = Sae(
         64,
-        SaeConfig(k=4, d_sae=128),
+        SaeConfig.make("topk", k=4, d_sae=128),
         act_scale=estimate_act_scale(x, "mean_norm_sqrt_d"),
         hookpoint=HOOK,
         model_id="tiny",

@@ -1,19 +1,18 @@
 """Subspace-constrained init: the Subspace-init row of algorithms.md §12 (rows inside span(U_r), minimal r
 reaching the target variance, fewer dead latents than random init on data confined to a 60 % subspace),
-and the `sae.init=subspace` path through the trainer for more than one activation."""
+and the `sae.init=subspace` path through the trainer for more than one method."""
 
 import pytest
 import torch
 
-import saekit.sae.matching_pursuit  # noqa: F401  (registers "mp" until saekit.sae imports methods.py)
 from saekit.activations import CacheWriter
 from saekit.config import SaeConfig, TrainConfig
 from saekit.errors import ConfigError, DataError
-from saekit.sae import Sae, constrained_adam_step, estimate_act_scale, init_sae_from_data_
+from saekit.sae import Sae, estimate_act_scale, init_sae_from_data_, make_objective, mse_scale_from_sample
 from saekit.sae.subspace import init_subspace_, principal_subspace
 from saekit.synthetic import SparseDictionaryData
-from saekit.train.objectives import get_objective, mse_scale_from_sample
 from saekit.train.sources import open_training_source
+from saekit.train.step import training_step
 from saekit.train.trainer import Trainer
 from saekit.types import Batch
 
@@ -70,7 +69,7 @@ def test_bad_inputs_raise_with_the_fix():
 def test_every_decoder_row_lies_in_the_principal_subspace():
     sample, true_basis = low_rank_source()
     x = sample(4000)
-    sae = Sae(32, SaeConfig(d_sae=200, k=4, init="subspace", subspace_variance=0.99))
+    sae = Sae(32, SaeConfig.make("topk", d_sae=200, k=4, init="subspace", subspace_variance=0.99))
     init_sae_from_data_(sae, x)
     basis, rank, _ = principal_subspace(x, 0.99)
     assert rank <= 19  # the data has 19 dimensions; 99 % of the variance needs at most those
@@ -81,13 +80,13 @@ def test_every_decoder_row_lies_in_the_principal_subspace():
     assert torch.equal(sae.W_enc, sae.W_dec.t()) and not sae.b_enc.any()
     assert sae.b_dec.norm() > 1  # b_dec still initialised from the data (geometric median of x)
     # A random tied init is nowhere near the subspace (so the assertion above can fail).
-    random_init = Sae(32, SaeConfig(d_sae=200, k=4))
+    random_init = Sae(32, SaeConfig.make("topk", d_sae=200, k=4))
     assert off_subspace_ratio(random_init.W_dec.detach(), basis).min() > 0.1
 
 
 def test_returns_rank_and_respects_the_generator():
     x = low_rank_source()[0](3000)
-    a, b = (Sae(32, SaeConfig(d_sae=50, k=4, init="subspace")) for _ in range(2))
+    a, b = (Sae(32, SaeConfig.make("topk", d_sae=50, k=4, init="subspace")) for _ in range(2))
     rank_a = init_subspace_(a, x, torch.Generator().manual_seed(5))
     rank_b = init_subspace_(b, x, torch.Generator().manual_seed(5))
     assert rank_a == rank_b and torch.equal(a.W_dec, b.W_dec)
@@ -96,19 +95,16 @@ def test_returns_rank_and_respects_the_generator():
 def dead_fraction_after_training(init, seed=0, steps=150):
     torch.manual_seed(seed)
     sample, _ = low_rank_source(seed=seed)
-    sae = Sae(32, SaeConfig(k=2, d_sae=512, k_aux=0, init=init))
+    sae = Sae(32, SaeConfig.make("topk", k=2, d_sae=512, k_aux=0, init=init))
     x0 = sample(4096)
     sae.act_scale = estimate_act_scale(x0, "mean_norm_sqrt_d")
     init_sae_from_data_(sae, sae.scale_input(x0))
-    objective = get_objective("topk_auxk")
+    objective = make_objective(sae.cfg)
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
     scale = mse_scale_from_sample(sae.scale_input(x0))
     fired = torch.zeros(512, dtype=torch.bool)
     for step in range(steps):
-        out = objective(sae, Batch(sae.scale_input(sample(256))), dead_mask=None, mse_scale=scale)
-        optimizer.zero_grad()
-        out.loss.backward()
-        constrained_adam_step(sae, optimizer)
+        out = training_step(sae, objective, optimizer, Batch(sample(256)), mse_scale=scale)
         if step >= steps - 20:  # dead = silent over the last 20 steps (5120 tokens)
             fired |= out.fired
     return 1.0 - fired.float().mean().item()
@@ -128,8 +124,10 @@ def test_fewer_dead_latents_than_random_init_on_data_in_a_60_percent_subspace():
 # ------------------------------------------------------------------------------- trainer path
 
 
-@pytest.mark.parametrize("activation", ["topk", "mp"])
-def test_trainer_initialises_inside_the_subspace_of_its_own_sample(tmp_path, activation):
+@pytest.mark.parametrize(
+    ("method", "keys"), [("topk", {"k": 3, "k_aux": 0}), ("mp", {"steps": 3})], ids=["topk", "mp"]
+)
+def test_trainer_initialises_inside_the_subspace_of_its_own_sample(tmp_path, method, keys):
     sample, _ = low_rank_source(d_in=16, seed=2)
     header = {
         "model_id": "synthetic",
@@ -149,7 +147,7 @@ def test_trainer_initialises_inside_the_subspace_of_its_own_sample(tmp_path, act
     writer.add(sample(1500), ids % 97, ids // 8, ids % 8)
     writer.finish(num_sequences=200, next_sequence=200, excluded={})
     cfg = TrainConfig(
-        sae=SaeConfig(activation=activation, k=3, d_sae=64, k_aux=0, init="subspace"),
+        sae=SaeConfig.make(method, d_sae=64, init="subspace", **keys),
         cache_dir=str(tmp_path / "cache"),
         run_dir=str(tmp_path / "run"),
         batch_size=64,

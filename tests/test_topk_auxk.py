@@ -5,20 +5,15 @@ import torch
 
 from saekit.config import SaeConfig
 from saekit.errors import ConfigError, RunDirError
-from saekit.sae import Sae
+from saekit.sae import Sae, get_method, make_objective
+from saekit.sae.methods.topk import TopK
+from saekit.sae.objective import ReconstructionAuxK, auxk_loss, auxk_selection, mse_scale_from_sample
 from saekit.train.dead import DeadLatentTracker
-from saekit.train.objectives import (
-    auxk_loss,
-    auxk_selection,
-    get_objective,
-    mse_scale_from_sample,
-    topk_auxk_objective,
-)
 from saekit.types import Batch
 
 
 def make_sae(d_in=10, k=4, d_sae=30, **kw):
-    sae = Sae(d_in, SaeConfig(k=k, d_sae=d_sae, normalize_activations="none", **kw))
+    sae = Sae(d_in, SaeConfig.make("topk", k=k, d_sae=d_sae, normalize_activations="none", **kw))
     with torch.no_grad():  # untie and shift so every parameter matters
         sae.W_enc.add_(0.2 * torch.randn_like(sae.W_enc))
         sae.b_dec.copy_(0.5 * torch.randn(d_in))
@@ -100,9 +95,9 @@ def test_sae_gradients_match_a_dense_reference():
 
 def run_objective(sae, x, dead, k_aux=6, aux_coef=1 / 32, mse_scale=1.0):
     sae.zero_grad(set_to_none=True)
-    out = topk_auxk_objective(
-        sae, Batch(x), dead_mask=dead, mse_scale=mse_scale, aux_coef=aux_coef, k_aux=k_aux
-    )
+    # The objective reads k_aux / aux_coef from its params: build it from the SAE's config with those keys.
+    objective = ReconstructionAuxK(sae.cfg.replace(k_aux=k_aux, aux_coef=aux_coef).params)
+    out = objective(sae, Batch(x), dead_mask=dead, mse_scale=mse_scale)
     out.loss.backward()
     return out, [p.grad.clone() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
 
@@ -123,7 +118,7 @@ def test_auxk_selects_only_dead_latents_min_kaux_ndead_per_row(n_dead, k_aux):
     sae, x = make_sae(), torch.randn(7, 10)
     dead_idx = torch.randperm(30)[:n_dead].sort().values
     out = sae(x, aux_columns=dead_idx, keep_pre_acts=True)
-    sel = auxk_selection(out.aux_pre_acts, dead_idx, k_aux)
+    sel = auxk_selection(out.aux_pre_acts, dead_idx, k_aux, sae.d_sae)
     expect = min(k_aux, n_dead)
     assert (sel.offsets.diff() == expect).all()
     assert set(sel.indices.tolist()) <= set(dead_idx.tolist())
@@ -206,13 +201,13 @@ def test_aux_settings_default_to_the_sae_config_and_batch_is_used_as_given():
     x = torch.randn(12, 10)
     no_aux = make_sae(k_aux=0)
     no_aux.act_scale = 3.0  # batches arrive already normalised: the objective must not rescale
-    out = topk_auxk_objective(no_aux, Batch(x), dead_mask=dead, mse_scale=1.0)
+    out = make_objective(no_aux.cfg)(no_aux, Batch(x), dead_mask=dead, mse_scale=1.0)
     assert out.losses["aux"] == 0.0
     with torch.no_grad():
         assert out.metrics["mse"] == pytest.approx((no_aux(x).x_hat - x).pow(2).mean().item(), rel=1e-5)
     torch.manual_seed(1)
     sae = make_sae(k_aux=3, aux_coef=0.5)
-    out = topk_auxk_objective(sae, Batch(x), dead_mask=dead, mse_scale=1.0)
+    out = make_objective(sae.cfg)(sae, Batch(x), dead_mask=dead, mse_scale=1.0)
     assert out.losses["aux"] > 0
     assert out.losses["total"] == pytest.approx(out.losses["main"] + 0.5 * out.losses["aux"], rel=1e-5)
 
@@ -234,10 +229,14 @@ def test_step_output_metrics_and_fired():
 
 
 def test_objective_registry():
-    assert get_objective("topk_auxk") is topk_auxk_objective
-    assert get_objective(SaeConfig()) is topk_auxk_objective
-    with pytest.raises(ConfigError, match="did you mean 'topk_auxk'"):
-        get_objective("topk_aux")
+    # The method declares its objective: TopK trains TopK + AuxK, a fresh object per run.
+    method = get_method("topk")
+    assert method.objective is ReconstructionAuxK and method.activation is TopK
+    objective = make_objective(SaeConfig())  # SaeConfig() is TopK with defaults
+    assert type(objective) is ReconstructionAuxK and objective.params == SaeConfig().params
+    assert make_objective(SaeConfig()) is not objective
+    with pytest.raises(ConfigError, match="did you mean 'topk'"):
+        get_method("topk_aux")
 
 
 # ------------------------------------------------------------------------------------ dead counter

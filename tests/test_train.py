@@ -30,7 +30,7 @@ def tiny_cache(tmp_path_factory):
 
 
 def _cfg(cache, run_dir, **kw):
-    sae = SaeConfig(k=4, expansion_factor=2, dead_tokens=300, k_aux=8)
+    sae = SaeConfig.make("topk", k=4, expansion_factor=2, dead_tokens=300, k_aux=8)
     base = dict(
         sae=sae,
         cache_dir=str(cache),

@@ -22,6 +22,7 @@ import streamlit as st
 from saekit.analysis import LatentIndex, SteeringResult, coefficient_sweep, encode_text, output_score, steer
 from saekit.errors import SaekitError
 from saekit.eval.metrics import log_density_histogram
+from saekit.rundir import RunDir
 from saekit.runs import RunInfo, list_runs, load_eval, load_metrics, load_run_sae, run_model_name
 
 RUNS_ENV = "SAEKIT_RUNS_DIR"
@@ -122,7 +123,7 @@ def _eval(path: str, stamp: float) -> dict[str, Any] | None:
 
 def eval_of(run: RunInfo) -> dict[str, Any] | None:
     try:
-        return _eval(str(run.path), _mtime(run.path / "eval.json"))
+        return _eval(str(run.path), _mtime(RunDir(run.path).eval_path))
     except SaekitError as err:
         st.warning(str(err))
         return None
@@ -209,12 +210,12 @@ def index_log_density(run: RunInfo) -> tuple[list[int], list[float]]:
 
 def sae_stamp(run: RunInfo) -> float:
     """Cache key part that changes when the run's final SAE is rewritten."""
-    return _mtime(run.path / "final" / "sae.safetensors")
+    return _mtime(RunDir(run.path).final_dir / "sae.safetensors")
 
 
 def checkpoint_stamp(run: RunInfo) -> float:
     """Cache key part that changes when a new training checkpoint appears."""
-    return _mtime(run.path / "checkpoints")
+    return _mtime(RunDir(run.path).checkpoints_dir)
 
 
 def load_run_sae_cached(run_path: str, stamp: float) -> Any:

@@ -32,10 +32,10 @@ from saekit.activations.rows import (
     RowBlock,
     SequenceBatch,
     check_finite,
-    data,
+    corpora,
     iter_sequence_batches,
     keep_mask,
-    models,
+    model_seam,
     rows_from_capture,
 )
 from saekit.activations.writer import CacheWriter
@@ -71,14 +71,14 @@ def collect(cfg: CollectConfig, model: Any = None, *, progress: bool = True) -> 
     returned; a damaged one is re-collected from its first bad shard on.
     """
     if model is None:
-        model = models.load_model(cfg.model, device=cfg.device)
+        model = model_seam().load_model(cfg.model, device=cfg.device)
     hookpoints = list(dict.fromkeys(cfg.hookpoints))
     for hook in hookpoints:
         if "/" in hook or hook.startswith("."):
             raise HookpointError(
                 f"hook point {hook!r} cannot be a directory name; use a TransformerLens hook name"
             )
-    models.validate_hookpoints(model, hookpoints)
+    model_seam().validate_hookpoints(model, hookpoints)
     headers = _headers(cfg, model, hookpoints)
     writers = {hook: _open_writer(Path(cfg.out_dir) / hook, headers[hook]) for hook in hookpoints}
     dirs = {hook: w.directory for hook, w in writers.items()}
@@ -107,15 +107,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _headers(cfg: CollectConfig, model: Any, hookpoints: list[str]) -> dict[str, dict[str, Any]]:
     """Fixed manifest fields per hook point. d_in comes from a 2-token probe forward pass, which also
     proves the capture path works before anything is written."""
-    bos = models.bos_token_id(model)
-    probe = models.capture(model, torch.tensor([[bos, bos]]), hookpoints)
+    bos = model_seam().bos_token_id(model)
+    probe = model_seam().capture(model, torch.tensor([[bos, bos]]), hookpoints)
     config = {k: v for k, v in to_dict(cfg).items() if k not in _CONFIG_KEYS_IGNORED}
     common = {
         "saekit_version": getattr(saekit, "__version__", "unknown"),
-        "model_id": models.model_id(model),
+        "model_id": model_seam().model_id(model),
         "context_length": cfg.context_length,
-        "tokenizer_fingerprint": tokenizer_fingerprint(models.tokenizer_of(model)),
-        "corpus_fingerprint": data.corpus_fingerprint(cfg.corpus, text_field=cfg.text_field),
+        "tokenizer_fingerprint": tokenizer_fingerprint(model_seam().tokenizer_of(model)),
+        "corpus_fingerprint": corpora().corpus_fingerprint(cfg.corpus, text_field=cfg.text_field),
         "collect_config": config,
         "shard_tokens": cfg.shard_tokens,
         "dtype": cfg.dtype,
@@ -210,7 +210,7 @@ class _Collector:
             self.excluded[reason] = self.excluded.get(reason, 0) + count
 
     def _store(self, seqs: SequenceBatch, keep: torch.Tensor, n_rows: int) -> None:
-        cap = models.capture(
+        cap = model_seam().capture(
             self.model,
             seqs.tokens,
             list(self.writers),

@@ -29,7 +29,7 @@ from saekit.activations.rows import (
     check_finite,
     iter_sequence_batches,
     keep_mask,
-    models,
+    model_seam,
     rows_from_capture,
 )
 from saekit.activations.shuffle import derive_seed
@@ -55,8 +55,8 @@ class LiveStream:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.cfg, self.hookpoint, self.batch_size = cfg, hookpoint, batch_size
-        self.model = model if model is not None else models.load_model(cfg.model, device=cfg.device)
-        models.validate_hookpoints(self.model, [hookpoint])
+        self.model = model if model is not None else model_seam().load_model(cfg.model, device=cfg.device)
+        model_seam().validate_hookpoints(self.model, [hookpoint])
         # At least two batches so that every refill emits one; 8 by default for mixing across sequences.
         self.buffer_tokens = max(buffer_tokens or 8 * batch_size, 2 * batch_size)
         self.seed = cfg.seed
@@ -68,8 +68,8 @@ class LiveStream:
     @property
     def d_in(self) -> int:
         if self._d_in is None:
-            bos = models.bos_token_id(self.model)
-            probe = models.capture(self.model, torch.tensor([[bos, bos]]), [self.hookpoint])
+            bos = model_seam().bos_token_id(self.model)
+            probe = model_seam().capture(self.model, torch.tensor([[bos, bos]]), [self.hookpoint])
             self._d_in = int(probe.acts[self.hookpoint].shape[-1])
         return self._d_in
 
@@ -118,7 +118,7 @@ class LiveStream:
 
     def _rows_of(self, seqs: SequenceBatch) -> dict[str, Tensor]:
         keep, _ = keep_mask(seqs.tokens, self.model, drop_last=self.cfg.capture_grads)
-        cap = models.capture(
+        cap = model_seam().capture(
             self.model,
             seqs.tokens,
             [self.hookpoint],

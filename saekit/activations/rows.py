@@ -11,7 +11,6 @@ pass can name the same sequences again.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,19 +24,19 @@ from saekit.config import CollectConfig
 from saekit.errors import DataError
 
 
-class _LazyModule:
-    """Attribute access to a module imported on first use. The model seam imports TransformerLens (seconds),
-    which code that only reads an existing cache never needs."""
+def model_seam():
+    """`saekit.models`, imported on first use: it loads TransformerLens (seconds), which code that only
+    reads an existing cache never needs."""
+    from saekit import models
 
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self._name), attr)
+    return models
 
 
-models = _LazyModule("saekit.models")
-data = _LazyModule("saekit.data")
+def corpora():
+    """`saekit.data`, imported on first use (see `model_seam`)."""
+    from saekit import data
+
+    return data
 
 
 @dataclass
@@ -81,6 +80,7 @@ def iter_sequence_batches(cfg: CollectConfig, model: Any, *, skip_sequences: int
     collection re-runs identical forward passes, hence bit-identical activations). A sequence of a different
     length (a short tail chunk) closes the current group, since sequences of one batch must stack.
     """
+    data, models = corpora(), model_seam()
     texts = data.iter_texts(cfg.corpus, text_field=cfg.text_field)
     sequences = data.chunk_tokens(
         texts,
@@ -108,7 +108,7 @@ def keep_mask(
     Special positions (BOS etc.) are excluded (algorithms.md §11.2). With gradients, the last position is
     excluded too: it has no next-token label, so its gradient is identically zero (§5.3).
     """
-    special = models.special_token_mask(tokens, model).to(torch.bool).cpu()
+    special = model_seam().special_token_mask(tokens, model).to(torch.bool).cpu()
     keep = ~special
     excluded = {"special": int(special.sum())}
     if drop_last:

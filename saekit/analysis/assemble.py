@@ -27,11 +27,10 @@ from saekit.analysis.format import (
     STATS_FILE,
     VOCAB_FILE,
     decoded_vocab,
-    staged_dir,
 )
 from saekit.analysis.scan import IndexSettings, ScanResult
 from saekit.analysis.scores import input_scores, output_scores
-from saekit.io import atomic_write_json
+from saekit.io import atomic_write_json, staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ def write_index(
     path: Path, arrays: dict[str, dict[str, Tensor]], meta: dict[str, Any], vocab: list[str]
 ) -> Path:
     """Write the index files into a staging directory and swap it into `path`."""
-    with staged_dir(path) as tmp:
+    with staged_directory(path) as tmp:
         save_file({k: v.contiguous() for k, v in arrays["stats"].items()}, str(tmp / STATS_FILE))
         save_file({k: v.contiguous() for k, v in arrays["examples"].items()}, str(tmp / EXAMPLES_FILE))
         (tmp / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False))

@@ -32,10 +32,11 @@ from torch import Tensor
 
 import saekit
 from saekit.analysis.assemble import assemble_arrays, decoded_vocab_for, write_index
-from saekit.analysis.format import HISTOGRAM_BINS, INDEX_DIR, INDEX_FORMAT_VERSION, NEUTRAL_PROMPTS
+from saekit.analysis.format import HISTOGRAM_BINS, INDEX_FORMAT_VERSION, NEUTRAL_PROMPTS
 from saekit.analysis.scan import IndexSettings, ScanResult, scan_activations
 from saekit.analysis.scores import OUTPUT_AMP
 from saekit.config import EvalConfig
+from saekit.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def build_index(
     )
     arrays = assemble_arrays(run.model, run.sae, scan, settings, progress=progress)
     meta = _meta(run, scan, settings, scan_seconds, time.perf_counter() - start)
-    path = write_index(run_dir / INDEX_DIR, arrays, meta, decoded_vocab_for(run.model, arrays))
+    path = write_index(RunDir(run_dir).index_dir, arrays, meta, decoded_vocab_for(run.model, arrays))
     logger.info(
         "index written to %s (%.0f tokens/s over the scan, %.1f s in all)",
         path,
@@ -112,12 +113,12 @@ class IndexedRun:
 
 def open_run(run_dir: Path, settings: IndexSettings, model: Any = None) -> IndexedRun:
     """Load the SAE and (unless given) the model, and cut the held-out text, as `saekit eval` does."""
-    from saekit.eval.evaluate import find_checkpoint, heldout_tokens, load_train_config, plan_heldout
-    from saekit.sae import Sae
+    from saekit.eval.evaluate import heldout_tokens, plan_heldout
 
-    train_cfg = load_train_config(run_dir)
-    checkpoint = find_checkpoint(run_dir)
-    sae = Sae.load(checkpoint)
+    run = RunDir(run_dir)
+    train_cfg = run.load_config()
+    checkpoint = run.sae_dir()
+    sae = run.load_sae()
     sae.eval()  # batch-coupled methods switch to their per-token threshold form
     plan = plan_heldout(train_cfg, _manifest(train_cfg), EvalConfig(context_length=settings.context_length))
     if model is None:
@@ -150,8 +151,8 @@ def _meta(run: IndexedRun, scan: ScanResult, settings: IndexSettings, scan_s: fl
         "model_id": model_id(run.model),
         "hookpoint": sae.hookpoint,
         "sae": {
-            "activation": sae.cfg.activation,
-            "k": sae.cfg.k,
+            "method": sae.cfg.method,
+            "k": sae.cfg.param("k"),
             "d_in": sae.d_in,
             "d_sae": sae.d_sae,
             "act_scale": float(sae.act_scale),

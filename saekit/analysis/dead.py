@@ -23,6 +23,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from saekit.rundir import RunDir
+
 logger = logging.getLogger(__name__)
 
 BLOCK = 1024
@@ -63,15 +65,14 @@ def latent_timeline(
 
 def run_timeline(run_dir: str | Path) -> DeadTimeline | None:
     """The timeline of a run's newest checkpoint (None when the run kept no checkpoint or tracker)."""
-    from saekit.runs import latest_trainer_state, load_run_config
-
-    state = latest_trainer_state(run_dir)
+    run = RunDir(run_dir)
+    state = run.trainer_state()
     if state is None or "dead_tracker" not in state:
         return None
     counts = (state["dead_tracker"] or {}).get("tokens_since_fired")
     if counts is None:
         return None
-    dead_tokens = int(load_run_config(run_dir)["sae"]["dead_tokens"])
+    dead_tokens = run.load_config().sae.dead_tokens
     return latent_timeline(torch.tensor(counts), state["tokens"], dead_tokens, step=int(state["step"]))
 
 
@@ -183,15 +184,13 @@ def preactivations_by_status(
 def run_activation_sample(run_dir: str | Path, n: int = 4096) -> Float[Tensor, "n d_in"] | None:
     """The first `n` rows of the run's training cache (raw activations, BOS excluded at collection),
     or None when the run trained live or its cache is gone."""
-    from saekit.runs import load_run_config
-
-    cfg = load_run_config(run_dir)
-    if not cfg.get("cache_dir"):
+    cfg = RunDir(run_dir).load_config()
+    if not cfg.cache_dir:
         return None
     from saekit.activations import open_cache
 
     try:
-        return open_cache(cfg["cache_dir"], cfg.get("hookpoint")).rows(n)
+        return open_cache(cfg.cache_dir, cfg.hookpoint).rows(n)
     except Exception as err:  # a moved or deleted cache only disables the geometry views
         logger.warning("no activation sample for %s: %s", run_dir, err)
         return None

@@ -9,30 +9,26 @@ into place, so a reader never sees a half-built index:
   (float16), plus the held-out token sequences; read lazily, one latent at a time, through `safe_open`;
 - `vocab.json`: the decoded string of every token id, so the index renders without loading a tokenizer.
 
-    with staged_dir(run_dir / "index") as tmp: save_file(stats, tmp / STATS_FILE); ...
+    with staged_directory(index_dir) as tmp: save_file(stats, tmp / STATS_FILE); ...   # saekit.io
     prompt_tokens(model, "From my experience,")      # Long[1, T], BOS first
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from saekit import rundir
 from saekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
-INDEX_DIR = "index"
+INDEX_DIR = rundir.INDEX_DIR
 META_FILE = "index.json"
 STATS_FILE = "stats.safetensors"
 EXAMPLES_FILE = "examples.safetensors"
@@ -46,26 +42,6 @@ FINE_BINS = 256
 """Bins of the streaming histogram the stored quantiles and histogram are derived from."""
 NEUTRAL_PROMPTS = ("From my experience,",)
 """Arad et al. (algorithms.md §9.2) score output effects on this prompt."""
-
-
-@contextlib.contextmanager
-def staged_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `final`; on success swap it into place (old copy removed)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        # Two renames: a crash between them leaves the old index at `old`, never a partial one at `final`.
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prompt_tokens(model: Any, prompt: str) -> Int[Tensor, "1 seq"]:

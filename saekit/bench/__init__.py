@@ -3,6 +3,7 @@
 saekit bench                                   # d_in=768, d_sae∈{16384,32768}, k∈{32,64}, B=4096
 saekit bench d_sae=4096 k=16 batch=1024 reps=3 memory=false
 saekit bench bf16=true                         # saekit's encoder GEMM in bf16 (sae.encoder_bf16)
+saekit bench method=batchtopk d_sae=16384 k=32   # another method's training step
 """
 
 from __future__ import annotations
@@ -14,48 +15,19 @@ import torch
 
 from saekit.bench.memory import measure_in_subprocess
 from saekit.bench.step import StepBenchConfig, time_step_ratios
-from saekit.errors import ConfigError
+from saekit.config import BenchConfig
 
 logger = logging.getLogger(__name__)
 
-_DEFAULTS = {
-    "d_in": "768",
-    "d_sae": "16384,32768",
-    "k": "32,64",
-    "batch": "4096",
-    "reps": "5",
-    "memory": "true",
-    "dense": "true",
-    "threads": "2",
-    "bf16": "false",
-}
 
-
-def _parse(args: list[str]) -> dict[str, str]:
-    opts = dict(_DEFAULTS)
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in _DEFAULTS:
-            raise ConfigError(f"bench option {arg!r}: use key=value with keys {sorted(_DEFAULTS)}")
-        opts[key] = value
-    return opts
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def run_bench(args: list[str]) -> str:
-    opts = _parse(args)
-    torch.set_num_threads(int(opts["threads"]))
-    with_memory, with_dense, bf16 = (opts[key] == "true" for key in ("memory", "dense", "bf16"))
+def run_bench(cfg: BenchConfig) -> str:
+    torch.set_num_threads(cfg.threads)
+    with_memory, with_dense, bf16 = cfg.memory, cfg.dense, cfg.bf16
     from saekit.kernels import kernel_backend
 
     lines = [
-        f"saekit bench: backend={kernel_backend()} threads={torch.get_num_threads()} fp32"
+        f"saekit bench: method={cfg.method} backend={kernel_backend()} threads={torch.get_num_threads()} "
+        f"cpu={cpu_description()} fp32"
         f"{' (saekit encoder GEMM in bf16)' if bf16 else ''}; times are "
         "medians of interleaved repetitions; ratios are to one encoder GEMM [B,d_in]x[d_in,d_sae] into a "
         "fresh output (step/warm: to the same GEMM into a preallocated output)",
@@ -63,20 +35,21 @@ def run_bench(args: list[str]) -> str:
         f"{'dense/saekit':>12} {'step/warm':>9} | peak MiB (budget): saekit / +auxk / dense",
     ]
     peaks: dict[int, list[tuple[int, float, float]]] = {}
-    for d_sae, k in itertools.product(_ints(opts["d_sae"]), _ints(opts["k"])):
-        cfg = StepBenchConfig(
-            d_in=int(opts["d_in"]),
+    for d_sae, k in itertools.product(cfg.d_sae, cfg.k):
+        step_cfg = StepBenchConfig(
+            d_in=cfg.d_in,
             d_sae=d_sae,
             k=k,
-            batch=int(opts["batch"]),
-            reps=int(opts["reps"]),
+            batch=cfg.batch,
+            reps=cfg.reps,
             encoder_bf16=bf16,
+            method=cfg.method,
         )
         logger.info("timing d_sae=%d k=%d", d_sae, k)
-        row = _timing_row(cfg, time_step_ratios(cfg, include_dense=with_dense), with_dense)
+        row = _timing_row(step_cfg, time_step_ratios(step_cfg, include_dense=with_dense), with_dense)
         if with_memory:
             variants = ["saekit", "saekit_auxk"] + (["dense"] if with_dense else [])
-            mems = [measure_in_subprocess(v, cfg) for v in variants]
+            mems = [measure_in_subprocess(v, step_cfg) for v in variants]
             row += " " + " / ".join(f"{m['peak_mib']:.0f}" for m in mems) + f" ({mems[0]['budget_mib']:.0f})"
             peaks.setdefault(k, []).append((d_sae, mems[0]["peak_mib"], mems[0]["budget_mib"]))
         lines.append(row)
@@ -87,6 +60,21 @@ def run_bench(args: list[str]) -> str:
         "[B,d_sae] tensor)"
     )
     return "\n".join(lines)
+
+
+def cpu_description() -> str:
+    """CPU model and vector extensions that matter for the GEMMs (AVX2 / AVX512 / native bf16)."""
+    import platform
+
+    try:
+        info = open("/proc/cpuinfo").read()  # noqa: SIM115  Linux only; elsewhere the platform string
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = info.splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    isa = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
+    return f"{model} [{'/'.join(isa) or 'no avx2'}]"
 
 
 def _timing_row(cfg: StepBenchConfig, r: dict[str, float], with_dense: bool) -> str:

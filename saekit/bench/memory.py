@@ -71,19 +71,12 @@ def measure_in_subprocess(variant: str, cfg: StepBenchConfig) -> dict[str, float
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _field_value(key: str, text: str) -> float | int | bool:
-    if key == "dead_fraction":
-        return float(text)
-    if key == "encoder_bf16":
-        return text == "True"
-    return int(text)
-
-
 def _main(argv: list[str]) -> None:
-    opts = dict(arg.split("=", 1) for arg in argv)
+    from saekit.config_io import from_dict, parse_overrides
+
+    opts = parse_overrides(argv)
     variant = opts.pop("variant", "saekit")
-    fields = {k: _field_value(k, v) for k, v in opts.items()}
-    sys.stdout.write(json.dumps(measure_here(variant, StepBenchConfig(**fields))) + "\n")
+    sys.stdout.write(json.dumps(measure_here(variant, from_dict(StepBenchConfig, opts))) + "\n")
 
 
 if __name__ == "__main__":

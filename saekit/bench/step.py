@@ -1,7 +1,9 @@
 """Training-step cost as a multiple of one encoder GEMM, for saekit's sparse step and a dense reference.
 
-Everything is timed in one process with interleaved repetitions (GEMM, saekit, saekit+AuxK, dense, then
-again), and medians are reported, so machine noise hits every variant alike.
+saekit's step is the trainer's own `training_step` (objective, backward, constrained Adam, post_step,
+tracker) on the method's real objective. Everything is timed in one process with interleaved repetitions
+(GEMM, saekit, saekit+AuxK, dense, then again), and medians are reported, so machine noise hits every
+variant alike.
 
     rows = time_step_ratios(StepBenchConfig(d_sae=16384, k=32))
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from saekit.config import SaeConfig
+from saekit.sae import SaeConfig, get_method
 from saekit.types import Batch
 
 
@@ -31,6 +33,8 @@ class StepBenchConfig:
     seed: int = 0
     encoder_bf16: bool = False
     """saekit's step with `sae.encoder_bf16` (ratios stay relative to the fp32 GEMM)."""
+    method: str = "topk"
+    """saekit method whose step is timed (its L0 key is set to k)."""
 
 
 def _timeit(fn: Callable[[], None]) -> float:
@@ -40,28 +44,36 @@ def _timeit(fn: Callable[[], None]) -> float:
 
 
 def make_saekit_step(cfg: StepBenchConfig, x: torch.Tensor, with_aux: bool) -> Callable[[], None]:
-    from saekit.sae import Sae, constrained_adam_step, init_sae_from_data_
-    from saekit.train.objectives import get_objective
+    """The trainer's step on `x`, with `dead_fraction` of the latents held dead when `with_aux`."""
+    from saekit.sae import Sae, init_sae_from_data_, make_objective
+    from saekit.train.step import FixedDeadMask, make_optimizer, training_step
 
-    k_aux = None if with_aux else 0
-    sae_cfg = SaeConfig(k=cfg.k, d_sae=cfg.d_sae, k_aux=k_aux, encoder_bf16=cfg.encoder_bf16)
+    sae_cfg = bench_sae_config(cfg, with_aux)
     sae = Sae(cfg.d_in, sae_cfg)
     init_sae_from_data_(sae, x[:2048])
-    objective = get_objective(sae_cfg)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, eps=6.25e-10, fused=True)
+    objective = make_objective(sae_cfg)
+    optimizer = make_optimizer(sae, lr=1e-4)
     dead = torch.zeros(cfg.d_sae, dtype=torch.bool)
     if with_aux:
         gen = torch.Generator().manual_seed(cfg.seed)
         dead[torch.randperm(cfg.d_sae, generator=gen)[: max(1, int(cfg.dead_fraction * cfg.d_sae))]] = True
-    batch = Batch(acts=x)
+    tracker, batch = FixedDeadMask(dead), Batch(acts=x)
 
     def step() -> None:
-        out = objective(sae, batch, dead_mask=dead, mse_scale=1.0)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        constrained_adam_step(sae, optimizer)
+        training_step(sae, objective, optimizer, batch, mse_scale=1.0, tracker=tracker)
 
     return step
+
+
+def bench_sae_config(cfg: StepBenchConfig, with_aux: bool) -> SaeConfig:
+    """The timed SAE: `cfg.method` at width d_sae, its L0 key = k, AuxK on or off (where it has AuxK)."""
+    keys: dict = {"d_sae": cfg.d_sae, "encoder_bf16": cfg.encoder_bf16, "normalize_activations": "none"}
+    method = get_method(cfg.method)
+    if method.l0_param is not None:
+        keys[method.l0_param] = cfg.k
+    if hasattr(method.params, "resolve_k_aux"):
+        keys["k_aux"] = None if with_aux else 0
+    return SaeConfig.make(cfg.method, **keys)
 
 
 def make_dense_step(cfg: StepBenchConfig, x: torch.Tensor) -> Callable[[], None]:

@@ -5,7 +5,7 @@ result = evaluate_run("runs/topk")          # also writes runs/topk/eval.json
 print(format_eval_table(result))
 """
 
-from saekit.eval.evaluate import evaluate_run, find_checkpoint, format_eval_table
+from saekit.eval.evaluate import evaluate_run, format_eval_table
 from saekit.eval.metrics import ReconstructionStats, SparsityStats, log_density_histogram
 from saekit.eval.splice import spliced_losses
 
@@ -13,7 +13,6 @@ __all__ = [
     "ReconstructionStats",
     "SparsityStats",
     "evaluate_run",
-    "find_checkpoint",
     "format_eval_table",
     "log_density_histogram",
     "spliced_losses",

@@ -22,14 +22,16 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from saekit.config import EvalConfig, TrainConfig, load_saved_config, to_dict
+from saekit.config import EvalConfig, TrainConfig, to_dict
 from saekit.errors import CorpusError, RunDirError
 from saekit.eval.cached_rows import cached_row_metrics, iter_last_rows
-from saekit.eval.grad_modes import grad_mode_metrics
-from saekit.eval.levels import LEVEL_OBJECTIVES, level_metrics
+from saekit.eval.grad_modes import SELECTION_MODE_METRICS
+from saekit.eval.levels import level_metrics, level_report
 from saekit.eval.metrics import ReconstructionStats
 from saekit.eval.splice import ABLATIONS, EXCLUDED_POSITIONS, spliced_losses
 from saekit.io import atomic_write_json
+from saekit.rundir import RunDir
+from saekit.sae import get_method
 
 logger = logging.getLogger(__name__)
 
@@ -47,39 +49,6 @@ class HeldOutText:
     context_length: int
     skip_sequences: int
     skip_reason: str
-
-
-# ---------------------------------------------------------------------------------------- run directory
-
-
-def find_checkpoint(run_dir: Path) -> Path:
-    """`<run>/final/`, else the newest `<run>/checkpoints/step_*/sae` (with a warning)."""
-    final = run_dir / "final"
-    if (final / "cfg.json").is_file():
-        return final
-    steps = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / "sae" / "cfg.json").is_file())
-    if not steps:
-        raise RunDirError(
-            f"{run_dir} has no SAE checkpoint: expected {final}/ (written when `saekit train` finishes) or "
-            f"{run_dir}/checkpoints/step_*/sae/; train one with `saekit train CONFIG.yaml run_dir={run_dir}`"
-        )
-    logger.warning("%s has no final/ checkpoint (training unfinished?); evaluating %s", run_dir, steps[-1])
-    return steps[-1] / "sae"
-
-
-def load_train_config(run_dir: Path) -> TrainConfig:
-    if not run_dir.is_dir():
-        raise RunDirError(
-            f"run directory {run_dir} does not exist; create it with `saekit train CONFIG.yaml "
-            f"run_dir={run_dir}` or pass the directory a training run wrote"
-        )
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise RunDirError(
-            f"{run_dir} is not a run directory (no config.yaml); `saekit train` writes one — pass the "
-            "run_dir of a training run"
-        )
-    return load_saved_config(TrainConfig, path)
 
 
 # ---------------------------------------------------------------------------------------- held-out text
@@ -191,15 +160,11 @@ def mean_activation(model: Any, tokens: Tensor, hookpoint: str, batch_size: int)
 
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: Any = None) -> dict[str, Any]:
     """Evaluate the SAE of a run directory; writes `<run>/eval.json` atomically and returns its content."""
-    from saekit.sae import Sae
-
-    run_dir = Path(run_dir)
-    train_cfg = load_train_config(run_dir)
-    checkpoint = find_checkpoint(run_dir)
-    sae = Sae.load(checkpoint, device=cfg.device).eval()
-    logger.info(
-        "evaluating %s (%s, d_sae=%d) at %s", checkpoint, sae.cfg.activation, sae.d_sae, sae.hookpoint
-    )
+    run = RunDir(run_dir)
+    train_cfg = run.load_config()
+    checkpoint = run.sae_dir()
+    sae = run.load_sae(device=cfg.device).eval()
+    logger.info("evaluating %s (%s, d_sae=%d) at %s", checkpoint, sae.cfg.method, sae.d_sae, sae.hookpoint)
 
     cache = _open_training_cache(train_cfg)
     cached = None
@@ -218,15 +183,19 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
     heldout = ReconstructionStats(sae.d_sae, cfg.dense_threshold)
     losses = spliced_losses(model, sae, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
 
-    result = _assemble(run_dir, checkpoint, sae, cfg, plan, cached, heldout, losses, mean_source)
-    if "grad" in getattr(sae.activation, "selection_modes", ()):  # g-SAE: report both selection modes
-        result["selection_modes"] = grad_mode_metrics(sae, cache, model, tokens, cfg, mean_act)
-    if cache is not None and train_cfg.objective in LEVEL_OBJECTIVES:  # Matryoshka / multi-k: per level
-        result["levels"] = level_metrics(
-            sae, iter_last_rows(cache, cfg.max_eval_rows), objective=train_cfg.objective
-        )
-    atomic_write_json(run_dir / "eval.json", result)
-    logger.info("wrote %s", run_dir / "eval.json")
+    result = _assemble(run.path, checkpoint, sae, cfg, plan, cached, heldout, losses, mean_source)
+    modes = get_method(sae.cfg.method).selection_modes  # e.g. g-SAE: also gradient-informed selection
+    if modes:
+        result["selection_modes"] = {
+            "top_level": "plain",
+            **{
+                mode: SELECTION_MODE_METRICS[mode](sae, cache, model, tokens, cfg, mean_act) for mode in modes
+            },
+        }
+    if cache is not None and level_report(sae) is not None:  # nested methods: one FVU/L0 per level
+        result["levels"] = level_metrics(sae, iter_last_rows(cache, cfg.max_eval_rows))
+    atomic_write_json(run.eval_path, result)
+    logger.info("wrote %s", run.eval_path)
     return result
 
 
@@ -275,8 +244,9 @@ def _assemble(
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
         "sae": {
-            "activation": sae.cfg.activation,
-            "k": sae.cfg.k,
+            "method": sae.cfg.method,
+            "params": to_dict(sae.cfg.params),
+            "k": sae.cfg.param("k"),
             "d_in": sae.d_in,
             "d_sae": sae.d_sae,
             "hookpoint": sae.hookpoint,

@@ -1,12 +1,12 @@
 """g-SAE evaluation in its second selection mode: gradient-informed selection (algorithms.md §5.5).
 
 A g-SAE selects latents with the help of dL/dx, which plain inference does not have. `evaluate_run`
-reports the plain (TopK) mode at the top level of eval.json and adds the numbers computed here under
-``selection_modes``: cached rows use their stored gradients, held-out text gets them from one extra
-forward + backward per batch.
+reports the plain (TopK) mode at the top level of eval.json and, for every mode the method declares
+(`Method.selection_modes`), adds the numbers computed here under ``selection_modes``: cached rows use
+their stored gradients, held-out text gets them from one extra forward + backward per batch.
 
-    if "grad" in getattr(sae.activation, "selection_modes", ()):
-        result["selection_modes"] = grad_mode_metrics(sae, cache, model, tokens, cfg, mean_act)
+    for mode in get_method(sae.cfg.method).selection_modes:
+        result["selection_modes"][mode] = SELECTION_MODE_METRICS[mode](sae, cache, model, tokens, cfg, mean)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def grad_mode_metrics(
     """The cached/heldout/splice numbers again with gradient-informed selection (algorithms.md §5.5): cached
     rows use their stored dL/dx, held-out text gets it from one extra forward + backward per batch. The
     top-level numbers of eval.json are the "plain" mode (TopK selection, no labels needed)."""
-    from saekit.sae.gradient import WithGradients
+    from saekit.sae.methods.gsae import WithGradients
 
     cached = None
     if cache is not None and cache.has_grads:
@@ -45,8 +45,7 @@ def grad_mode_metrics(
     heldout = ReconstructionStats(sae.d_sae, cfg.dense_threshold)
     fed = WithGradients(sae, _heldout_grad_chunks(sae, model, tokens, cfg.batch_size))
     losses = spliced_losses(model, fed, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
-    grad = {"cached": cached, "heldout": heldout.compute(), "splice": losses}
-    return {"top_level": "plain", "grad": grad}
+    return {"cached": cached, "heldout": heldout.compute(), "splice": losses}
 
 
 def _heldout_grad_chunks(
@@ -61,3 +60,7 @@ def _heldout_grad_chunks(
         cap = capture(model, tokens[lo : lo + batch_size], [sae.hookpoint], with_grads=True)
         chunks.append((cap.acts[sae.hookpoint].flatten(0, 1), cap.grads[sae.hookpoint].flatten(0, 1)))
     return chunks
+
+
+SELECTION_MODE_METRICS = {"grad": grad_mode_metrics}
+"""Evaluation of each non-plain selection mode a method may declare."""

@@ -15,13 +15,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
 from saekit.data.paths import saekit_cache_dir
 from saekit.errors import ModelLoadError
+from saekit.io import staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +69,11 @@ def embedded_checkpoint_dir() -> Path:
 
 
 def _dequantize_into(final: Path) -> None:
-    """Write the checkpoint under a temporary name, then rename: `final` is complete or absent."""
+    """Write the checkpoint staged (`saekit.io.staged_directory`): `final` is complete or absent."""
     logger.info("dequantising %s to fp32 (once per machine, ~25 s) into %s", GGUF_NAME, final)
     start = time.perf_counter()
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_directory(final) as tmp:  # only a hand-damaged leftover can sit at `final`: we hold the lock
         _write_plain_checkpoint(tmp)
-        # Only a hand-damaged leftover (no config.json) can sit at `final`: we hold the lock.
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("dequantised embedded model in %.1f s", time.perf_counter() - start)
 
 

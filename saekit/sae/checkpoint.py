@@ -2,8 +2,9 @@
 
 `sae.safetensors` holds fp32 `W_enc [d_in, d_sae]` (contiguous), `b_enc [d_sae]`, `W_dec [d_sae, d_in]`,
 `b_dec [d_in]` and optionally `threshold [d_sae]` — SAELens names and orientation. `cfg.json` holds
-format_version, activation name + params, the full SaeConfig, d_in, d_sae, hookpoint, model_id, act_scale
-(inputs are multiplied by it before encoding), saekit_version and a free-form `extra` dict.
+format_version, the method name and its section, the full SaeConfig, d_in, d_sae, hookpoint, model_id,
+act_scale (inputs are multiplied by it before encoding), saekit_version and a free-form `extra` dict.
+Format 1 (flat `sae` with `activation`) is upgraded on load (`upgrade_sae_v1`).
 
     save_sae(sae, "runs/topk/final")
     sae = load_sae("runs/topk/final", device="cpu")
@@ -17,8 +18,6 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from saekit.config import SaeConfig, from_dict
+from saekit.config_io import from_dict
 from saekit.errors import ConfigError, RunDirError
-from saekit.sae.activations import get_activation
-from saekit.sae.model import Sae
+from saekit.io import staged_directory
+from saekit.sae.config import SaeConfig, upgrade_sae_v1
+from saekit.sae.model import Sae, make_activation
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
 _REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -46,52 +46,27 @@ def _saekit_version() -> str:
         return "0+unknown"
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
 def save_sae(sae: Sae, path: str | Path) -> Path:
     """Write `sae` to directory `path` (replacing an existing checkpoint there) and return the path.
 
-    Files are written into a hidden sibling directory that is renamed into place once complete, so a
-    crash never leaves a half-written checkpoint under the final name.
+    Written through `staged_directory`: a crash never leaves a half-written checkpoint under the final
+    name, and an older checkpoint there survives until the new one is complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_directory(path) as tmp:
         tensors = {name: getattr(sae, name).detach().float().contiguous().cpu() for name in _REQUIRED}
         if sae.threshold is not None:
             tensors["threshold"] = sae.threshold.detach().float().contiguous().cpu()
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "saekit": "sae"})
         (tmp / CONFIG_FILE).write_text(json.dumps(_cfg_json(sae), indent=2) + "\n")
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            _fsync(tmp / name)
-        _replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("saved SAE to %s", path)
+    logger.debug("saved SAE to %s", path)
     return path
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    # A non-empty directory cannot be replaced in one rename: move the old one aside first, and only
-    # delete it once the new one is in place.
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _cfg_json(sae: Sae) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
-        "activation": sae.cfg.activation,
-        "activation_params": sae.activation.params(),
+        "method": sae.cfg.method,
         "sae": dataclasses.asdict(sae.cfg),
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
@@ -104,8 +79,12 @@ def _cfg_json(sae: Sae) -> dict[str, Any]:
     }
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu") -> Sae:
-    """Load a checkpoint directory written by `save_sae`; missing or corrupt files raise RunDirError."""
+def load_sae(path: str | Path, device: str | torch.device = "cpu", *, v1_objective: str | None = None) -> Sae:
+    """Load a checkpoint directory written by `save_sae`; missing or corrupt files raise RunDirError.
+
+    `v1_objective`: the training objective of a format-1 run (from its config.yaml), which its cfg.json did
+    not record; it decides the method of such a checkpoint (see `upgrade_sae_v1`).
+    """
     path = Path(path)
     cfg_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     for f in (cfg_path, weights_path):
@@ -114,7 +93,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> Sae:
                 f"no SAE checkpoint at {path}: {f.name} is missing; point at a directory written by "
                 "Sae.save (e.g. runs/<name>/final or runs/<name>/checkpoints/step_*)"
             )
-    meta = _read_cfg_json(cfg_path)
+    meta = _read_cfg_json(cfg_path, v1_objective)
     try:
         tensors = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
@@ -130,7 +109,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> Sae:
         ).to(device)
     except ConfigError as err:
         raise RunDirError(
-            f"{cfg_path} describes an SAE this saekit cannot build ({err}); if it uses a custom activation, "
+            f"{cfg_path} describes an SAE this saekit cannot build ({err}); if it uses a custom method, "
             "import the module that registers it before loading"
         ) from None
     _load_tensors_(sae, tensors, weights_path)
@@ -139,7 +118,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> Sae:
     return sae.eval()
 
 
-def _read_cfg_json(cfg_path: Path) -> dict[str, Any]:
+def _read_cfg_json(cfg_path: Path, v1_objective: str | None = None) -> dict[str, Any]:
     try:
         raw = json.loads(cfg_path.read_text())
         if not isinstance(raw, dict):
@@ -155,10 +134,13 @@ def _read_cfg_json(cfg_path: Path) -> dict[str, Any]:
     if "d_in" not in raw or "sae" not in raw:
         raise RunDirError(f"{cfg_path} lacks 'd_in' or 'sae'; it was not written by Sae.save")
     try:
-        cfg = from_dict(SaeConfig, raw["sae"], prefix="sae.")
+        sae_raw = raw["sae"] if version >= 2 else upgrade_sae_v1(raw["sae"], v1_objective)
+        cfg = from_dict(SaeConfig, sae_raw, prefix="sae.")
     except ConfigError as err:
-        raise RunDirError(f"{cfg_path}: invalid SAE config ({err})") from None
-    # Keys patched explicitly when absent, so version-1 files stay loadable if these become optional.
+        custom = "unknown method" in str(err)
+        hint = "; if it uses a custom method, import the module that registers it first" if custom else ""
+        raise RunDirError(f"{cfg_path}: invalid SAE config ({err}){hint}") from None
+    # Keys patched explicitly when absent, so files that lack them stay loadable.
     return {
         "d_in": int(raw["d_in"]),
         "cfg": cfg,
@@ -183,11 +165,12 @@ def _load_tensors_(sae: Sae, tensors: dict[str, torch.Tensor], source: Path) -> 
             )
         param.copy_(tensors[name])
     if "threshold" in tensors:
-        if tensors["threshold"].shape != (sae.d_sae,):
+        if sae.threshold is None or tensors["threshold"].shape != (sae.d_sae,):
             raise RunDirError(
-                f"{source}: threshold must have shape ({sae.d_sae},), got {tuple(tensors['threshold'].shape)}"
+                f"{source}: threshold of shape {tuple(tensors['threshold'].shape)} does not fit method "
+                f"{sae.cfg.method!r} with d_sae={sae.d_sae}; the two files do not belong together"
             )
-        sae.threshold = tensors["threshold"].float().to(sae.W_dec.device)
+        sae.threshold.copy_(tensors["threshold"])
 
 
 @torch.no_grad()
@@ -197,7 +180,7 @@ def fold_act_scale(sae: Sae) -> Sae:
     With inputs scaled by c: h(c·x) = c·[(x − b_dec/c) W_enc + b_enc/c], and x̂_raw = (z W_dec + b_dec)/c.
     So dividing b_dec, b_enc and any threshold by c gives pre-activations h/c; selection (TopK and every
     threshold rule) is unchanged by a positive scale, latent values come out divided by c, and the raw
-    reconstruction is the same.
+    reconstruction is the same. A rule that is not scale-free adjusts its section (`folded_params`).
     """
     c = sae.act_scale
     folded = copy.deepcopy(sae)
@@ -207,8 +190,8 @@ def fold_act_scale(sae: Sae) -> Sae:
     folded.b_enc.div_(c)
     if folded.threshold is not None:
         folded.threshold.div_(c)
-    if sae.cfg.grad_beta and sae.cfg.activation == "gsae":
-        # g-SAE scores h·(1 + β|g W_decᵀ|) with g in the scaled space (g/c): keep the ranking for raw g.
-        folded.cfg = dataclasses.replace(sae.cfg, grad_beta=sae.cfg.grad_beta / c)
-        folded.activation = get_activation(folded.cfg.activation, folded.cfg)
+    params = sae.activation.folded_params(c)
+    if params is not sae.cfg.params:
+        folded.cfg = dataclasses.replace(sae.cfg, params=params)
+        folded.activation = make_activation(folded.cfg)
     return folded

@@ -79,6 +79,7 @@ def init_sae_from_data_(
 
     cfg.init: "tied" (random rows) or "subspace" (rows inside the sample's principal subspace).
     cfg.init_b_dec: "geometric_median" of up to 32 768 rows, "mean", or "zeros".
+    Then the method's own initialisation (`Activation.init_from_data_`, e.g. JumpReLU thresholds).
     """
     if x_sample.dim() != 2 or x_sample.shape[1] != sae.d_in:
         raise DataError(f"init sample must be [n, {sae.d_in}], got {tuple(x_sample.shape)}")
@@ -100,4 +101,5 @@ def init_sae_from_data_(
         sae.b_dec.copy_(geometric_median(x[:MAX_MEDIAN_ROWS]))
     else:
         raise ConfigError(f"sae.init_b_dec must be geometric_median, mean or zeros, got {mode!r}")
+    sae.activation.init_from_data_(sae, x)
     logger.info("initialised SAE (d_sae=%d) with b_dec=%s from %d rows", sae.d_sae, mode, x.shape[0])

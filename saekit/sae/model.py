@@ -5,7 +5,7 @@ see `scale_input`); `reconstruct` takes and returns raw activations. The encoder
 go only through `saekit.kernels` (`encode_selected`, `sparse_decode`), so no dense [B, d_sae] gradient or
 code is ever built.
 
-    sae = Sae(d_in=576, cfg=SaeConfig(k=32, expansion_factor=8))
+    sae = Sae(d_in=576, cfg=SaeConfig.make("topk", k=32, expansion_factor=8))
     out = sae(sae.scale_input(x_raw))            # SaeOutput(x_hat, code, pre_acts, aux_pre_acts)
     x_hat_raw = sae.reconstruct(x_raw)           # eval / splicing
 """
@@ -22,12 +22,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from saekit.config import SaeConfig
 from saekit.errors import ConfigError, DataError
 from saekit.kernels import sparse_decode
-from saekit.sae.activations import get_activation
+from saekit.sae.activations import Activation
+from saekit.sae.config import SaeConfig
 from saekit.sae.constraint import normalize_rows_, project_out_parallel_
 from saekit.sae.init import init_weights_tied_
+from saekit.sae.method import get_method
 from saekit.types import Batch, SparseCode
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class SaeOutput:
     """Dense pre-activations, only with keep_pre_acts=True."""
     aux_pre_acts: Float[Tensor, "batch n_aux"] | None = None
     """h[:, aux_columns] (no grad), only when aux_columns was given (AuxK)."""
+    selected_pre: Float[Tensor, " nnz"] | None = None
+    """h at the code's entries (no grad), where the activation has an h."""
 
 
 class Sae(nn.Module):
@@ -72,10 +75,9 @@ class Sae(nn.Module):
             raise ConfigError(f"d_in must be a positive activation width, got {d_in}")
         self.d_in = d_in
         self.d_sae = cfg.resolve_d_sae(d_in)
-        if cfg.k > self.d_sae:
-            raise ConfigError(f"sae.k={cfg.k} exceeds d_sae={self.d_sae}; lower k or raise expansion_factor")
         self.cfg = cfg
-        self.activation = get_activation(cfg.activation, cfg)
+        self.activation = make_activation(cfg)
+        self.activation.check_width(self.d_sae)
         self.act_scale = float(act_scale)
         self.hookpoint = hookpoint
         self.model_id = model_id
@@ -84,8 +86,11 @@ class Sae(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.W_dec = nn.Parameter(torch.empty(self.d_sae, d_in))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
-        threshold = torch.zeros(self.d_sae) if self.activation.uses_threshold else None
-        self.register_buffer("threshold", threshold)
+        if self.activation.threshold == "parameter":  # trained by the optimiser (JumpReLU)
+            self.threshold = nn.Parameter(torch.zeros(self.d_sae))
+        else:  # learned by an EMA in training mode (BatchTopK, Feature Choice), or absent
+            threshold = torch.zeros(self.d_sae) if self.activation.threshold == "buffer" else None
+            self.register_buffer("threshold", threshold)
         self._scratch = _PreActScratch()
         init_weights_tied_(self)
 
@@ -137,6 +142,12 @@ class Sae(nn.Module):
         x = x_raw.to(self.W_dec.dtype)
         return x * self.act_scale if self.act_scale != 1.0 else x
 
+    def scale_batch(self, batch: Batch) -> Batch:
+        """A training batch in the normalised space: acts times act_scale, and gradients divided by it
+        (dL/d(c·x) = (dL/dx) / c), both fp32. The one place training inputs are scaled."""
+        grads = None if batch.grads is None else batch.grads.float() / self.act_scale
+        return Batch(self.scale_input(batch.acts), grads, batch.token_ids)
+
     def encode(
         self, x: Float[Tensor, "batch d_in"], batch: Batch | None = None, *, training: bool | None = None
     ) -> SparseCode:
@@ -160,7 +171,7 @@ class Sae(nn.Module):
         enc = self.activation.encode(
             self, x, batch=batch, training=self.training, aux_columns=aux_columns, keep_pre_acts=keep_pre_acts
         )
-        return SaeOutput(self.decode(enc.code), enc.code, enc.pre_acts, enc.aux_pre_acts)
+        return SaeOutput(self.decode(enc.code), enc.code, enc.pre_acts, enc.aux_pre_acts, enc.selected_pre)
 
     def reconstruct(self, x_raw: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
         """Raw in, raw out, inference-mode selection (eval, splicing); returned in x_raw's dtype."""
@@ -203,7 +214,12 @@ class Sae(nn.Module):
         return fold_act_scale(self)
 
     def extra_repr(self) -> str:
-        return f"d_in={self.d_in}, d_sae={self.d_sae}, activation={self.cfg.activation}, k={self.cfg.k}"
+        return f"d_in={self.d_in}, d_sae={self.d_sae}, method={self.cfg.method}"
+
+
+def make_activation(cfg: SaeConfig) -> Activation:
+    """The encode rule of `cfg.method`, built from its section."""
+    return get_method(cfg.method).activation(cfg.params)
 
 
 class _PreActScratch:

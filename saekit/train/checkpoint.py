@@ -1,19 +1,18 @@
-"""Training checkpoints: a directory per step, never a pickle, written atomically.
+"""Training checkpoints: a directory per step, never a pickle, written crash-safe (staged).
 
 checkpoints/step_0000100/
     sae/                       the SAE checkpoint (cfg.json + sae.safetensors), loadable on its own
     optimizer.safetensors      Adam moments and step counters, one tensor per (param, field)
     trainer_state.json         step, tokens, counters, RNG state, reader position, scales
 
-save_checkpoint(run_dir / "checkpoints", step, sae, optimizer, state)
-step_dir = latest_checkpoint(run_dir / "checkpoints")
+save_checkpoint(RunDir(run_dir), step, sae, optimizer, state)     # paths: saekit.rundir
+state = load_trainer_state(RunDir(run_dir).latest_checkpoint(), optimizer)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,47 +21,38 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saekit.errors import RunDirError
-from saekit.io import atomic_write_json
+from saekit.io import atomic_write_json, staged_directory
+from saekit.rundir import OPTIMIZER_FILE, SAE_SUBDIR, TRAINER_STATE_FILE, RunDir
 
 logger = logging.getLogger(__name__)
 
-STEP_PREFIX = "step_"
-
-
-def step_dir_name(step: int) -> str:
-    return f"{STEP_PREFIX}{step:07d}"
-
 
 def save_checkpoint(
-    root: Path, step: int, sae, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep_last: int = 3
+    run: RunDir, step: int, sae, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep_last: int = 3
 ) -> Path:
-    """Write a complete checkpoint into a temporary directory, then rename it into place."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    sae.save(tmp / "sae")
-    tensors, meta = _flatten_optimizer(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    atomic_write_json(tmp / "trainer_state.json", {**state, "optimizer_meta": meta})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _prune(root, keep_last)
-    return final
+    """Write a complete checkpoint of `step` (staged, crash-safe) and keep only the newest `keep_last`."""
+    target = run.step_dir(step)
+    with staged_directory(target) as tmp:
+        sae.save(tmp / SAE_SUBDIR)
+        tensors, meta = _flatten_optimizer(optimizer)
+        save_file(tensors, str(tmp / OPTIMIZER_FILE))
+        atomic_write_json(tmp / TRAINER_STATE_FILE, {**state, "optimizer_meta": meta})
+    for old in run.checkpoints()[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    if not root.is_dir():
-        return None
-    steps = sorted(p for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and p.is_dir())
-    return steps[-1] if steps else None
+def save_final(run: RunDir, sae, state: dict[str, Any]) -> Path:
+    """Write the finished SAE and the counters readers need to `final/` (staged, crash-safe)."""
+    with staged_directory(run.final_dir) as tmp:
+        sae.save(tmp)
+        atomic_write_json(tmp / TRAINER_STATE_FILE, state)
+    return run.final_dir
 
 
 def load_trainer_state(step_dir: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore optimizer moments in place and return the JSON trainer state."""
-    state_path, opt_path = step_dir / "trainer_state.json", step_dir / "optimizer.safetensors"
+    state_path, opt_path = step_dir / TRAINER_STATE_FILE, step_dir / OPTIMIZER_FILE
     if not state_path.is_file() or not opt_path.is_file():
         raise RunDirError(
             f"checkpoint {step_dir} is incomplete (missing trainer_state.json or "
@@ -110,12 +100,6 @@ def _check_moment_shapes(optimizer: torch.optim.Optimizer, state: dict[int, dict
                     "saekit parameter layout; train from scratch (its sae/ directory still loads with "
                     "Sae.load)"
                 )
-
-
-def _prune(root: Path, keep_last: int) -> None:
-    steps = sorted(p for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and p.is_dir())
-    for old in steps[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:

@@ -2,10 +2,10 @@
 decoder's own unit-norm rows.
 
 Tied dictionary: D = W_dec encodes *and* decodes; W_enc and b_enc are never read. The checkpoint keeps the
-usual tensors so the format stays one: the `mp` objective copies W_decᵀ into W_enc after every optimiser
+usual tensors so the format stays one: the objective copies W_decᵀ into W_enc after every optimiser
 step, so a saved W_enc is the tied encoder (W_enc = W_decᵀ, up to the trainer's final rounding-level
 renormalisation of W_dec), and b_enc stays at its initial zero. Loading needs nothing else.
-T = `sae.activation.steps` (cfg.mp_steps, else k) can be changed at inference; L0 ≤ T because an atom can
+T = `sae.activation.steps` (the `steps` key) can be changed at inference; L0 ≤ T because an atom can
 be picked more than once (its coefficients are then summed into one code entry).
 
 Pursuit (no grad): r ← x − b_dec; T times: c = r Dᵀ, j = argmax c, coef = ⟨r, d_j⟩, r ← r − coef·d_j.
@@ -18,7 +18,7 @@ W_dec is unchanged, e.g. over an eval run). Measured at d_in=768, d_sae=16384, T
 cores: a training step costs 6.8x a TopK step (11 encoder GEMMs: G ≈ 4, the pursuit ≈ 4-5, the
 differentiable pass ≈ 3), where a GEMM per pursuit step would cost 32+.
 
-    sae = Sae(d_in, SaeConfig(activation="mp", k=16, k_aux=0))     # train with objective: mp
+    sae = Sae(d_in, SaeConfig.make("mp", steps=16))
     sae.activation.steps = 32                                       # more atoms at inference
     result = matching_pursuit(x, sae.W_dec, sae.b_dec, steps=8, keep_residuals=True)
 """
@@ -27,18 +27,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saekit.config import SaeConfig
+from saekit.config_io import require
 from saekit.errors import ConfigError
-from saekit.sae.activations import Activation, Encoded, Selection, register_activation
-from saekit.train.objectives import StepOutput, register_objective, topk_auxk_objective
-from saekit.types import Batch, SparseCode
+from saekit.sae.activations import Activation, Encoded
+from saekit.sae.config import Params
+from saekit.sae.method import Method, register_method
+from saekit.sae.objective import ReconstructionAuxK, StepOutput
+from saekit.types import Batch, SparseCode, offsets_from_rows
 
 if TYPE_CHECKING:
     from saekit.sae.model import Sae
@@ -157,24 +159,30 @@ def merge_repeated_atoms(
     values = torch.zeros(keys.numel(), dtype=coefs.dtype, device=coefs.device)
     values = values.index_add(0, inverse, coefs.reshape(-1))
     # torch.unique sorts the keys, so entries are already grouped by row in CSR order.
-    offsets = torch.zeros(batch + 1, dtype=torch.long, device=indices.device)
-    offsets[1:] = torch.cumsum(torch.bincount(keys // d_sae, minlength=batch), 0)
-    return SparseCode(values, keys % d_sae, offsets, d_sae)
+    rows = keys // d_sae
+    return SparseCode(values, keys % d_sae, offsets_from_rows(rows, batch), d_sae, rows)
 
 
-@register_activation("mp")
+@dataclass(frozen=True)
+class MpParams(Params):
+    steps: int = 32
+    """Matching-pursuit steps T (at most T active latents per token); can be raised at inference."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.steps >= 1, "steps", "must be >= 1")
+
+
 class MatchingPursuit(Activation):
     """Unrolled matching pursuit with the tied decoder; no selection of h (there is no h)."""
 
-    def __init__(self, cfg: SaeConfig) -> None:
-        super().__init__(cfg)
-        self.steps = cfg.mp_steps if cfg.mp_steps is not None else cfg.k
+    def __init__(self, params: MpParams) -> None:
+        super().__init__(params)
+        self.steps = params.steps
         """Pursuit steps T; set this attribute to change T at inference."""
-        if self.steps < 1:
-            raise ConfigError(f"sae.mp_steps must be >= 1, got {self.steps}")
         self._gram: tuple[tuple[int, int, int], Tensor] | None = None
 
-    def select(self, h: Tensor, *, sae: Sae, batch: Batch | None, training: bool) -> Selection:
+    def select(self, h: Tensor, *, sae: Sae, batch: Batch | None, training: bool) -> SparseCode:
         raise NotImplementedError("MatchingPursuit encodes by pursuit; call encode, not select")
 
     def _cached_gram(self, W_dec: Tensor, batch: int) -> Tensor | None:
@@ -212,8 +220,8 @@ class MatchingPursuit(Activation):
     ) -> Encoded:
         if aux_columns is not None:
             raise ConfigError(
-                "MP-SAE trains without AuxK (T fixes sparsity, algorithms.md §7.3): use "
-                "objective: mp, or set sae.k_aux: 0"
+                "MP-SAE trains without AuxK (T fixes sparsity, algorithms.md §7.3); "
+                "train it with sae.method: mp"
             )
         x = x.to(sae.W_dec.dtype)
         W_dec, b_dec = sae.W_dec.detach(), sae.b_dec.detach()
@@ -232,22 +240,28 @@ class MatchingPursuit(Activation):
                 pre = (x - b_dec) @ W_dec.t()
         return Encoded(code, pre, None)
 
-    def params(self) -> dict[str, Any]:
-        return {"k": self.cfg.k, "mp_steps": self.steps}
+
+class MpObjective(ReconstructionAuxK):
+    """MP-SAE loss: the normalised MSE only — no AuxK and no sparsity penalty (algorithms.md §7.3) — and
+    W_enc re-tied to W_decᵀ after every optimiser step."""
+
+    def post_step(self, sae: Sae, optimizer: torch.optim.Optimizer, out: StepOutput) -> None:
+        tie_encoder_to_decoder_(sae)
 
 
 @torch.no_grad()
-def tie_encoder_to_decoder_(sae: Sae, *_: Any) -> None:
+def tie_encoder_to_decoder_(sae: Sae) -> None:
     """W_enc ← W_decᵀ, so the stored encoder is MP's tied one (MP itself never reads W_enc)."""
     sae.W_enc.copy_(sae.W_dec.t())
 
 
-@register_objective("mp")
-def mp_objective(
-    sae: Sae, batch: Batch, *, dead_mask: Tensor | None, mse_scale: float, **_: Any
-) -> StepOutput:
-    """MP-SAE loss: the normalised MSE only — no AuxK and no sparsity penalty (algorithms.md §7.3)."""
-    return topk_auxk_objective(sae, batch, dead_mask=dead_mask, mse_scale=mse_scale, aux_coef=0.0, k_aux=0)
-
-
-mp_objective.post_step = tie_encoder_to_decoder_  # the trainer calls it after each constrained step
+MP = register_method(
+    Method(
+        name="mp",
+        params=MpParams,
+        activation=MatchingPursuit,
+        objective=MpObjective,
+        summary="MP-SAE (Costa et al. 2025): matching pursuit over the tied decoder, T steps",
+        l0_param="steps",
+    )
+)

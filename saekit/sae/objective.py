@@ -1,45 +1,41 @@
-"""Training objectives: `objective(sae, batch, **kw) -> StepOutput`, looked up by name in one registry.
+"""Training objectives: the loss of one method, built once per run so its state is plain attributes.
 
-Objectives change the loss, never the model (style.md §2): TopK+AuxK now; Matryoshka, Multi-TopK and
-HierarchicalTopK plug in with `@register_objective` and reuse `auxk_loss` / `firing`.
+An objective turns a batch into a `StepOutput` (loss to backpropagate, logged terms, which latents fired);
+`post_step` runs after the optimiser step (e.g. Matryoshka re-sorting returns the permutation it applied,
+so the trainer can move its own per-latent counters too); `state_dict`/`load_state_dict` carry its state
+through checkpoints as JSON-native data. `ReconstructionAuxK` (FVU + AuxK, Gao et al.) serves most methods.
 
-Contract: `batch.acts` is already in the SAE's normalised space (raw activations times `sae.act_scale`;
-the trainer scales each batch). All losses and metrics are fp32. The main term is FVU with a fixed
-denominator (Gao et al., algorithms.md §1.4): `mse_scale = 1 / mean((x − x̄)²)`, computed once by the
-trainer on a normalised sample (`mse_scale_from_sample`). AuxK settings default to the SAE's config.
+Contract: `batch.acts` is already in the SAE's normalised space (`Sae.scale_batch`). All losses and metrics
+are fp32. The main term is FVU with a fixed denominator (Gao et al., algorithms.md §1.4):
+`mse_scale = 1 / mean((x − x̄)²)`, computed once on a normalised sample (`mse_scale_from_sample`).
 
-    objective = get_objective(sae.cfg)            # or by name: get_objective("topk_auxk")
+    objective = make_objective(sae.cfg)            # a fresh object for this run
     out = objective(sae, batch, dead_mask=tracker.dead_mask(), mse_scale=s)
-    out.loss.backward(); tracker.update(out.fired, len(batch), counts=out.fire_counts)
+    out.loss.backward(); perm = objective.post_step(sae, optimizer, out)
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from saekit.config import SaeConfig
-from saekit.errors import ConfigError, DataError
+from saekit.errors import DataError
 from saekit.kernels import encode_selected, sparse_decode
-from saekit.sae.activations import Selection, load_method_modules
-from saekit.sae.model import Sae
 from saekit.types import Batch, SparseCode
+
+if TYPE_CHECKING:
+    from saekit.sae.config import SaeConfig
+    from saekit.sae.model import Sae
 
 logger = logging.getLogger(__name__)
 
 FIRE_THRESHOLD = 1e-3
 """A latent fires in a step when selected with a value above this in at least one row (Gao et al.)."""
-
-DEFAULT_OBJECTIVE = "topk_auxk"
-
-Objective = Callable[..., "StepOutput"]
-OBJECTIVES: dict[str, Objective] = {}
 
 
 @dataclass
@@ -56,29 +52,34 @@ class StepOutput:
     """Rows of this batch on which each latent fired (value > 1e-3); feeds the dense fraction log."""
 
 
-def register_objective(name: str) -> Callable[[Objective], Objective]:
-    def add(fn: Objective) -> Objective:
-        if name in OBJECTIVES and OBJECTIVES[name] is not fn:
-            raise ValueError(f"objective {name!r} is already registered")
-        OBJECTIVES[name] = fn
-        return fn
+class Objective:
+    """Base objective. Subclasses implement `__call__`; the hooks default to "nothing to do"."""
 
-    return add
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def __call__(
+        self, sae: Sae, batch: Batch, *, dead_mask: Bool[Tensor, " d_sae"] | None, mse_scale: float
+    ) -> StepOutput:
+        raise NotImplementedError
+
+    def post_step(self, sae: Sae, optimizer: torch.optim.Optimizer, out: StepOutput) -> Tensor | None:
+        """Called after the constrained optimiser step; returns a latent permutation it applied, or None."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-native state for trainer checkpoints (empty for stateless objectives)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], sae: Sae) -> None:
+        """Restore what `state_dict` returned (checked against `sae`'s shape)."""
 
 
-def get_objective(name_or_cfg: str | SaeConfig) -> Objective:
-    """Objective by registry name, or the one an SaeConfig trains with (`topk_auxk` for every current
-    activation; a config field can pick others once Matryoshka & co. exist)."""
-    name = name_or_cfg if isinstance(name_or_cfg, str) else DEFAULT_OBJECTIVE
-    if name not in OBJECTIVES:
-        load_method_modules()
-    if name not in OBJECTIVES:
-        close = difflib.get_close_matches(name, OBJECTIVES, n=3)
-        hint = (
-            f"did you mean {', '.join(map(repr, close))}?" if close else f"choose from {sorted(OBJECTIVES)}"
-        )
-        raise ConfigError(f"unknown objective {name!r}; {hint}")
-    return OBJECTIVES[name]
+def make_objective(cfg: SaeConfig) -> Objective:
+    """A fresh objective for one training run of an SAE configured by `cfg`."""
+    from saekit.sae.method import get_method
+
+    return get_method(cfg.method).objective(cfg.params)
 
 
 def mse_scale_from_sample(x: Float[Tensor, "n d_in"]) -> float:
@@ -112,12 +113,12 @@ Measured at B=4096, d_in=768, d_sae=16384, k_aux=256, 2 cores (AuxK forward+back
 
 @torch.no_grad()
 def auxk_selection(
-    aux_pre_acts: Float[Tensor, "batch n_dead"], dead_idx: Int[Tensor, " n_dead"], k_aux: int
-) -> Selection:
+    aux_pre_acts: Float[Tensor, "batch n_dead"], dead_idx: Int[Tensor, " n_dead"], k_aux: int, d_sae: int
+) -> SparseCode:
     """Top min(k_aux, n_dead) entries of every row of h[:, dead_idx], as global latent ids."""
     k = min(k_aux, dead_idx.numel())
     values, local = torch.topk(aux_pre_acts, k, dim=1, sorted=False)
-    return Selection.from_topk(values, dead_idx[local])
+    return SparseCode.from_topk(values, dead_idx[local], d_sae)
 
 
 def auxk_loss(
@@ -154,8 +155,8 @@ def auxk_loss(
     if dense:
         e_hat = _aux_reconstruction_dense(sae, x, aux_pre_acts, dead_idx, k, weights)
     else:
-        sel = auxk_selection(aux_pre_acts, dead_idx, k)
-        pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.rows, sel.indices, sel.pre_acts)
+        sel = auxk_selection(aux_pre_acts, dead_idx, k, sae.d_sae)
+        pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, sel.row_ids(), sel.indices, sel.values)
         values = torch.relu(pre)
         if weights is not None:  # per-column weights scattered to global latent ids, read at the selection
             full = torch.zeros(sae.d_sae, dtype=weights.dtype, device=weights.device)
@@ -192,34 +193,34 @@ def _aux_reconstruction_dense(
     return z @ sae.W_dec.index_select(0, dead_idx)
 
 
-@register_objective("topk_auxk")
-def topk_auxk_objective(
-    sae: Sae,
-    batch: Batch,
-    *,
-    dead_mask: Bool[Tensor, " d_sae"] | None,
-    mse_scale: float,
-    aux_coef: float | None = None,
-    k_aux: int | None = None,
-) -> StepOutput:
-    """L = mse_scale·mean((x̂ − x)²) + aux_coef·L_aux on normalised `batch.acts`; AuxK costs nothing when
-    no latent is dead (or k_aux / aux_coef is 0). aux_coef / k_aux default to sae.cfg (aux_coef,
-    resolve_k_aux). Works with any activation (TopK, BatchTopK, …)."""
-    aux_coef = sae.cfg.aux_coef if aux_coef is None else aux_coef
-    k_aux = sae.cfg.resolve_k_aux(sae.d_in) if k_aux is None else k_aux
-    x = batch.acts.to(sae.W_dec.dtype)
-    use_aux = dead_mask is not None and k_aux > 0 and aux_coef > 0
-    dead_idx = dead_columns(dead_mask, x.device) if use_aux else None
-    out = sae(x, batch, aux_columns=dead_idx)
-    main = mse_scale * (out.x_hat - x).pow(2).mean()
-    aux = torch.zeros((), device=x.device)
-    if dead_idx is not None:
-        aux = auxk_loss(sae, x, x - out.x_hat, out.aux_pre_acts, dead_idx, k_aux)
-    loss = main + aux_coef * aux
-    losses, metrics = step_metrics(x, out.x_hat, out.code, {"main": main, "aux": aux, "total": loss})
-    metrics["fvu"] = losses["main"]  # the main term is FVU with the fixed (dataset) denominator
-    metrics["n_dead"] = 0.0 if dead_mask is None else float(dead_mask.sum().item())
-    return StepOutput(loss=loss, losses=losses, metrics=metrics, **firing(out.code))
+class ReconstructionAuxK(Objective):
+    """L = mse_scale·mean((x̂ − x)²) + aux_coef·L_aux on normalised `batch.acts` (Gao et al.): the objective of
+    TopK, BatchTopK, Mutual/Feature Choice and g-SAE. AuxK costs nothing when no latent is dead; params
+    without `k_aux` (or k_aux / aux_coef 0) train the plain FVU term."""
+
+    def __call__(
+        self, sae: Sae, batch: Batch, *, dead_mask: Bool[Tensor, " d_sae"] | None, mse_scale: float
+    ) -> StepOutput:
+        k_aux, aux_coef = aux_settings(self.params, sae.d_in)
+        x = batch.acts.to(sae.W_dec.dtype)
+        dead_idx = dead_columns(dead_mask, x.device) if k_aux > 0 and aux_coef > 0 else None
+        out = sae(x, batch, aux_columns=dead_idx)
+        main = mse_scale * (out.x_hat - x).pow(2).mean()
+        aux = torch.zeros((), device=x.device)
+        if dead_idx is not None:
+            aux = auxk_loss(sae, x, x - out.x_hat, out.aux_pre_acts, dead_idx, k_aux)
+        loss = main + aux_coef * aux
+        losses, metrics = step_metrics(x, out.x_hat, out.code, {"main": main, "aux": aux, "total": loss})
+        metrics["fvu"] = losses["main"]  # the main term is FVU with the fixed (dataset) denominator
+        metrics["n_dead"] = 0.0 if dead_mask is None else float(dead_mask.sum().item())
+        return StepOutput(loss=loss, losses=losses, metrics=metrics, **firing(out.code))
+
+
+def aux_settings(params: Any, d_in: int) -> tuple[int, float]:
+    """(k_aux, aux_coef) of a method section; (0, 0) when the method has no AuxK keys."""
+    if not hasattr(params, "resolve_k_aux"):
+        return 0, 0.0
+    return params.resolve_k_aux(d_in), float(params.aux_coef)
 
 
 def dead_columns(dead_mask: Bool[Tensor, " d_sae"] | None, device: torch.device) -> Int[Tensor, " n"] | None:

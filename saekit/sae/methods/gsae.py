@@ -9,25 +9,29 @@ uses g when the batch has it and "plain" is ordinary TopK; β = 0 is TopK everyw
 GEMM, which otherwise runs in bf16 where that is native (`score_dtype`). `WithGradients` feeds
 precomputed gradients to an SAE's encode calls, for evaluation in grad mode.
 
-    sae = Sae(d_in, SaeConfig(activation="gsae", k=32, grad_beta=1.0))
+    sae = Sae(d_in, SaeConfig.make("gsae", k=32, grad_beta=1.0))
     code = sae.encode(x, Batch(x, grads=g), training=False)       # grad-mode selection
     code = sae.encode(x, training=False)                           # plain TopK (no labels needed)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from saekit.config import SaeConfig
 from saekit.errors import ConfigError, DataError
-from saekit.sae.activations import Activation, Selection, register_activation
-from saekit.sae.row_topk import row_topk
+from saekit.sae.activations import Activation
+from saekit.sae.config import TopKParams
+from saekit.sae.method import Method, register_method
+from saekit.sae.methods.topk import check_k, per_row_topk
+from saekit.sae.objective import ReconstructionAuxK
 from saekit.types import Batch, SparseCode
 
 if TYPE_CHECKING:
@@ -78,28 +82,34 @@ def default_score_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-@register_activation("gsae")
+@dataclass(frozen=True)
+class GsaeParams(TopKParams):
+    grad_beta: float = 1.0
+    """Selection score h * (1 + beta * |g W_dec^T|); 0 is plain TopK (the paper's value is unverified)."""
+    grad_select: Literal["grad", "plain"] = "grad"
+    """Inference selection mode when gradients are available (plain ignores them)."""
+
+
 class GradientTopK(Activation):
     """TopK on the gradient-weighted score; values are ReLU(h) at the chosen latents (algorithms.md §5)."""
 
-    selection_modes: ClassVar[tuple[str, ...]] = SELECT_MODES
-    """Inference selection modes; evaluation reports one set of metrics per mode."""
-
-    def __init__(self, cfg: SaeConfig) -> None:
-        super().__init__(cfg)
-        self.k = cfg.k
-        self.beta = float(cfg.grad_beta)
-        self.select_mode = cfg.grad_select
+    def __init__(self, params: GsaeParams) -> None:
+        super().__init__(params)
+        self.k = params.k
+        self.beta = float(params.grad_beta)
+        self.select_mode = params.grad_select
         """Inference mode ("grad" | "plain"); a public attribute so eval can switch it per run."""
         self.score_dtype: torch.dtype | None = None
         """dtype of the score GEMM; None picks `default_score_dtype` for the device (set fp32 for exact
         selection, e.g. to compare with a dense reference)."""
 
+    def check_width(self, d_sae: int) -> None:
+        check_k(self.k, d_sae)
+
     def select(
         self, h: Float[Tensor, "batch d_sae"], *, sae: Sae, batch: Batch | None, training: bool
-    ) -> Selection:
-        if self.k > h.shape[1]:
-            raise ConfigError(f"sae.k={self.k} exceeds d_sae={h.shape[1]}; lower k or widen the SAE")
+    ) -> SparseCode:
+        check_k(self.k, h.shape[1])
         if self.select_mode not in SELECT_MODES:
             raise ConfigError(f"g-SAE select_mode must be one of {SELECT_MODES}, got {self.select_mode!r}")
         grads = batch.grads if batch is not None else None
@@ -112,8 +122,7 @@ class GradientTopK(Activation):
                 )
             use_grads = False  # inference without labels: plain TopK (algorithms.md §5.5)
         if not use_grads:
-            values, indices = row_topk(h, self.k)
-            return Selection.from_topk(values, indices)
+            return per_row_topk(h, self.k)
         if grads.shape != (h.shape[0], sae.d_in):
             raise DataError(f"batch.grads has shape {tuple(grads.shape)}, expected {(h.shape[0], sae.d_in)}")
         dtype = self.score_dtype or _logged_default_dtype(h.device)
@@ -121,10 +130,11 @@ class GradientTopK(Activation):
         indices = torch.topk(score, self.k, dim=1, sorted=False).indices
         del score
         # The code keeps h (ReLU'd later), not the score: the score only decides which latents survive.
-        return Selection.from_topk(h.gather(1, indices), indices)
+        return SparseCode.from_topk(h.gather(1, indices), indices, h.shape[1])
 
-    def params(self) -> dict[str, Any]:
-        return {"k": self.k, "grad_beta": self.beta, "grad_select": self.select_mode}
+    def folded_params(self, scale: float) -> GsaeParams:
+        """The score h·(1 + β|g W_decᵀ|) uses g in the scaled space (g/c): β/c keeps the ranking for raw g."""
+        return dataclasses.replace(self.params, grad_beta=self.params.grad_beta / scale)
 
 
 _LOGGED_DTYPES: dict[str, torch.dtype] = {}
@@ -134,7 +144,7 @@ def _logged_default_dtype(device: torch.device) -> torch.dtype:
     if device.type not in _LOGGED_DTYPES:
         _LOGGED_DTYPES[device.type] = default_score_dtype(device)
         logger.info(
-            "g-SAE score GEMM on %s runs in %s (set activation.score_dtype to override)",
+            "g-SAE score GEMM on %s runs in %s (set sae.activation.score_dtype to override)",
             device.type,
             _LOGGED_DTYPES[device.type],
         )
@@ -200,3 +210,16 @@ class WithGradients:
         if self.sae.act_scale != 1.0:
             x_hat = x_hat / self.sae.act_scale
         return x_hat.to(x_raw.dtype)
+
+
+GSAE = register_method(
+    Method(
+        name="gsae",
+        params=GsaeParams,
+        activation=GradientTopK,
+        objective=ReconstructionAuxK,
+        summary="g-SAE (Olmo et al. 2025): TopK whose selection weighs latents by |dL/dx · d_i|",
+        selection_modes=SELECT_MODES[:1],
+        needs_grads=True,
+    )
+)

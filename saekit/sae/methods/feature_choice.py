@@ -1,17 +1,17 @@
 """Feature Choice (Ayonrinde 2024, algorithms.md §4): every latent picks its m best tokens of the batch.
 
 Training: M[:, i] = top_m(h[:, i]) over the batch, positive entries only, so each latent fires on at most m
-tokens and a token may get zero latents. m = cfg.fc_tokens_per_latent, or ceil(k·B/d_sae) to match the
+tokens and a token may get zero latents. m = sae.tokens_per_latent, or ceil(k·B/d_sae) to match the
 Mutual-Choice budget of k per token on average. Training mode also learns per-latent inference thresholds
-θ_i = EMA (rate cfg.threshold_ema, fp64 arithmetic, fp32 storage in `sae.threshold`) of latent i's m-th
+θ_i = EMA (rate sae.threshold_ema, fp64 arithmetic, fp32 storage in `sae.threshold`) of latent i's m-th
 largest activation, clamped at 0. Inference is z_i = h_i·1[h_i > θ_i], one token at a time.
 
-    sae = Sae(d_in, SaeConfig(activation="feature_choice", k=32))       # m = ceil(32·B / d_sae)
+    sae = Sae(d_in, SaeConfig.make("feature_choice", k=32))       # m = ceil(32·B / d_sae)
     code = sae.encode(x, training=True)       # ≤ m tokens per latent; updates sae.threshold
     code = sae.encode(x, training=False)      # per-latent thresholds, batch-independent
 
 Choices made here (documented, not from the paper):
-- With fc_tokens_per_latent unset and k·B < d_sae, m would have to be < 1: that is a ConfigError naming
+- With tokens_per_latent unset and k·B < d_sae, m would have to be < 1: that is a ConfigError naming
   both fixes (a larger batch, or an explicit m such as 1, which accepts an average L0 of about d_sae/B).
   An explicit m larger than the batch is capped at the batch size.
 - A latent with fewer than m positive tokens fires on all of them, i.e. its effective threshold is 0,
@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saekit.config import SaeConfig
+from saekit.config_io import require
 from saekit.errors import ConfigError
-from saekit.sae.activations import Encoded, Selection, encode_selection, register_activation
-from saekit.sae.batchtopk import ThresholdInference, ema_update_
-from saekit.types import Batch
+from saekit.sae.activations import Encoded
+from saekit.sae.config import ThresholdParams
+from saekit.sae.method import Method, register_method
+from saekit.sae.methods.batchtopk import ThresholdInference, ema_update_
+from saekit.sae.objective import ReconstructionAuxK
+from saekit.types import Batch, SparseCode
 
 if TYPE_CHECKING:
     from saekit.sae.model import Sae
@@ -42,29 +46,32 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@register_activation("feature_choice")
+@dataclass(frozen=True)
+class FeatureChoiceParams(ThresholdParams):
+    tokens_per_latent: int | None = None
+    """Feature Choice m (tokens per latent per batch); null means ceil(k * batch / d_sae)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.tokens_per_latent is None or self.tokens_per_latent >= 1,
+            "tokens_per_latent",
+            "must be >= 1 (or null for ceil(k·batch/d_sae))",
+        )
+
+
 class FeatureChoice(ThresholdInference):
     """Each latent keeps its top-m positive tokens of the batch; thresholds θ_i for single-token inference."""
 
-    def __init__(self, cfg: SaeConfig) -> None:
-        super().__init__(cfg)
-        if cfg.fc_tokens_per_latent is not None and cfg.fc_tokens_per_latent < 1:
-            raise ConfigError(
-                f"sae.fc_tokens_per_latent must be >= 1 (or null for ceil(k·batch/d_sae)), "
-                f"got {cfg.fc_tokens_per_latent}"
-            )
-        if not 0 < cfg.threshold_ema <= 1:
-            raise ConfigError(f"sae.threshold_ema must be in (0, 1], got {cfg.threshold_ema}")
-
     def tokens_per_latent(self, n_rows: int, d_sae: int) -> int:
         """m for a batch of n_rows tokens (at most n_rows)."""
-        m = self.cfg.fc_tokens_per_latent
+        m = self.params.tokens_per_latent
         if m is None:
             if self.k * n_rows < d_sae:
                 raise ConfigError(
                     f"feature_choice: k·batch = {self.k}·{n_rows} < d_sae = {d_sae}, so the default "
                     f"m = ceil(k·batch/d_sae) would be below 1; raise batch_size to at least "
-                    f"{math.ceil(d_sae / self.k)}, or set sae.fc_tokens_per_latent explicitly (e.g. 1, which "
+                    f"{math.ceil(d_sae / self.k)}, or set sae.tokens_per_latent explicitly (e.g. 1, which "
                     f"gives an average L0 near d_sae/batch = {d_sae / n_rows:.1f} instead of k)"
                 )
             m = math.ceil(self.k * n_rows / d_sae)
@@ -72,22 +79,22 @@ class FeatureChoice(ThresholdInference):
 
     def select(
         self, h: Float[Tensor, "batch d_sae"], *, sae: Sae, batch: Batch | None, training: bool
-    ) -> Selection:
+    ) -> SparseCode:
         if not training:
             return self.inference_select(h, sae)
         return self.select_latent_major(h.t(), sae)
 
     @torch.no_grad()
-    def select_latent_major(self, h_t: Float[Tensor, "d_sae batch"], sae: Sae) -> Selection:
+    def select_latent_major(self, h_t: Float[Tensor, "d_sae batch"], sae: Sae) -> SparseCode:
         """Training selection from the transposed pre-activations (one row per latent)."""
         d_sae, n_rows = h_t.shape
         m = self.tokens_per_latent(n_rows, d_sae)
         values, rows = torch.topk(h_t, m, dim=1, sorted=False)  # [d_sae, m]
         mth_largest = values.min(dim=1).values.clamp_min(0.0)
-        ema_update_(sae.threshold, mth_largest, self.cfg.threshold_ema)
+        ema_update_(sae.threshold, mth_largest, self.params.threshold_ema)
         keep = values > 0  # positive affinities only: a token may end up with no latent at all
         latents = torch.arange(d_sae, device=h_t.device).unsqueeze(1).expand_as(rows)
-        return Selection.from_entries(rows[keep], latents[keep], values[keep], n_rows)
+        return SparseCode.from_rows(rows[keep], latents[keep], values[keep], n_rows, d_sae)
 
     def encode(
         self,
@@ -114,7 +121,15 @@ class FeatureChoice(ThresholdInference):
             aux = h_t.index_select(0, aux_columns).t().contiguous() if aux_columns is not None else None
             dense = h_t.t() if keep_pre_acts else None
             del h_t  # a fresh h_t (eval, GPU) is the step's biggest buffer: free it before backward
-        return encode_selection(sae, x, sel, pre_acts=dense, aux_pre_acts=aux)
+        return self.encode_selection(sae, x, sel, pre_acts=dense, aux_pre_acts=aux)
 
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "fc_tokens_per_latent": self.cfg.fc_tokens_per_latent}
+
+FEATURE_CHOICE = register_method(
+    Method(
+        name="feature_choice",
+        params=FeatureChoiceParams,
+        activation=FeatureChoice,
+        objective=ReconstructionAuxK,
+        summary="Feature Choice (Ayonrinde 2024): each latent picks its m best tokens; thresholds infer",
+    )
+)

@@ -3,11 +3,11 @@
 One implementation under two names — Bussmann et al.'s BatchTopK and Ayonrinde's Mutual Choice are the same
 rule (top B·k of the flattened B×n matrix, ReLU after selection), so every token gets a variable number of
 latents while the batch average is exactly k. Training mode also learns the inference threshold θ, an EMA
-(rate cfg.threshold_ema) of the smallest positive selected value, stored as the same value in every entry of
+(rate sae.threshold_ema) of the smallest positive selected value, stored as the same value in every entry of
 `sae.threshold`. Inference (`training=False`) is the per-token threshold rule z = h·1[h > θ], so a token's
 code never depends on its batch-mates (style.md §9).
 
-    sae = Sae(d_in, SaeConfig(activation="batchtopk", k=32))      # or activation="mutual_choice"
+    sae = Sae(d_in, SaeConfig.make("batchtopk", k=32))       # or "mutual_choice"
     code = sae.encode(x, training=True)      # batch-level top-(B·k); updates sae.threshold
     code = sae.encode(x, training=False)     # threshold mode, one token at a time if you like
 
@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from saekit.config import SaeConfig
-from saekit.errors import ConfigError
-from saekit.sae.activations import Activation, Selection, register_activation
+from saekit.sae.activations import Activation
+from saekit.sae.config import ThresholdParams
+from saekit.sae.method import Method, register_method
+from saekit.sae.methods.topk import check_k, per_row_topk
+from saekit.sae.objective import ReconstructionAuxK
 from saekit.sae.row_topk import row_topk
-from saekit.types import Batch
+from saekit.types import Batch, SparseCode, offsets_from_rows
 
 if TYPE_CHECKING:
     from saekit.sae.model import Sae
@@ -106,12 +108,11 @@ def _repair_saturated_rows(
 
 
 @torch.no_grad()
-def threshold_selection(h: Float[Tensor, "batch d_sae"], threshold: Float[Tensor, " d_sae"]) -> Selection:
-    """Per-token JumpReLU-style rule: entries with h > threshold (per latent), grouped by row."""
+def threshold_selection(h: Float[Tensor, "batch d_sae"], threshold: Float[Tensor, " d_sae"]) -> SparseCode:
+    """Per-token JumpReLU rule: entries with h > threshold (per latent), grouped by row. The inference form
+    of every threshold method (BatchTopK, Mutual/Feature Choice, JumpReLU)."""
     rows, cols = torch.nonzero(h > threshold, as_tuple=True)  # row-major order: already grouped by row
-    offsets = torch.zeros(h.shape[0] + 1, dtype=torch.long, device=h.device)
-    offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=h.shape[0]), 0)
-    return Selection(cols, h[rows, cols], offsets, rows)
+    return SparseCode(h[rows, cols], cols, offsets_from_rows(rows, h.shape[0]), h.shape[1], rows)
 
 
 @torch.no_grad()
@@ -136,44 +137,37 @@ class ThresholdInference(Activation):
     """Shared inference side of the batch-coupled activations: threshold mode, or per-row TopK(k) until a
     threshold has been learned (with one warning per activation object)."""
 
-    uses_threshold = True
+    threshold = "buffer"
 
-    def __init__(self, cfg: SaeConfig) -> None:
-        super().__init__(cfg)
-        self.k = cfg.k
+    def __init__(self, params: ThresholdParams) -> None:
+        super().__init__(params)
+        self.k = params.k
         self._warned = False
 
-    def inference_select(self, h: Float[Tensor, "batch d_sae"], sae: Sae) -> Selection:
+    def check_width(self, d_sae: int) -> None:
+        check_k(self.k, d_sae)
+
+    def inference_select(self, h: Float[Tensor, "batch d_sae"], sae: Sae) -> SparseCode:
         if threshold_is_learned(sae):
             return threshold_selection(h, sae.threshold.to(h.dtype))
         if not self._warned:
             logger.warning(
                 "%s: the inference threshold has not been learned yet (no training step); using per-row "
                 "TopK(k=%d) instead, which is batch-independent but not the trained rule",
-                self.name,
+                type(self).__name__,
                 self.k,
             )
             self._warned = True
-        values, indices = row_topk(h, self.k)
-        return Selection.from_topk(values, indices)
-
-    def params(self) -> dict[str, Any]:
-        return {"k": self.k, "threshold_ema": self.cfg.threshold_ema}
+        return per_row_topk(h, self.k)
 
 
-@register_activation("batchtopk")
 class BatchTopK(ThresholdInference):
     """Training: top B·k entries of the flattened batch (ReLU after), and θ ← EMA of the smallest positive
     selected value. Inference: z = h·1[h > θ] with the learned θ (same for every latent)."""
 
-    def __init__(self, cfg: SaeConfig) -> None:
-        super().__init__(cfg)
-        if not 0 < cfg.threshold_ema <= 1:
-            raise ConfigError(f"sae.threshold_ema must be in (0, 1], got {cfg.threshold_ema}")
-
     def select(
         self, h: Float[Tensor, "batch d_sae"], *, sae: Sae, batch: Batch | None, training: bool
-    ) -> Selection:
+    ) -> SparseCode:
         if not training:
             return self.inference_select(h, sae)
         n_rows = h.shape[0]
@@ -181,10 +175,25 @@ class BatchTopK(ThresholdInference):
         # Smallest positive selected value (Bussmann et al. §2.4); +inf when nothing positive was selected,
         # which ema_update_ ignores.
         smallest = torch.where(values > 0, values, torch.full_like(values, math.inf)).min()
-        ema_update_(sae.threshold, smallest.expand_as(sae.threshold), self.cfg.threshold_ema)
-        return Selection.from_entries(rows, latents, values, n_rows)
+        ema_update_(sae.threshold, smallest.expand_as(sae.threshold), self.params.threshold_ema)
+        return SparseCode.from_rows(rows, latents, values, n_rows, h.shape[1])
 
 
-@register_activation("mutual_choice")
-class MutualChoice(BatchTopK):
-    """Mutual Choice (Ayonrinde 2024): the same selection as BatchTopK (algorithms.md §4.2), own name."""
+BATCHTOPK = register_method(
+    Method(
+        name="batchtopk",
+        params=ThresholdParams,
+        activation=BatchTopK,
+        objective=ReconstructionAuxK,
+        summary="BatchTopK (Bussmann et al. 2024): top B·k of the batch; a learned threshold at inference",
+    )
+)
+MUTUAL_CHOICE = register_method(
+    Method(
+        name="mutual_choice",
+        params=ThresholdParams,
+        activation=BatchTopK,
+        objective=ReconstructionAuxK,
+        summary="Mutual Choice (Ayonrinde 2024): the BatchTopK selection under its own name",
+    )
+)

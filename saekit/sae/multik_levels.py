@@ -3,9 +3,9 @@
 Every multi-k objective selects the top-K entries of each row sorted by value, so the code at budget k is
 the first k entries of each row (nested supports by construction). Gradients reach the encoder only through
 `encode_selected` on the selected entries; `level_block_sums` decodes every level with ONE `sparse_decode`
-(block g holds the entries ranked in [k_{g−1}, k_g)). The objectives themselves are in `saekit.train.multik`.
+(block g holds the entries ranked in [k_{g−1}, k_g)). The methods are in `saekit.sae.methods.multik`.
 
-    levels = multi_topk_levels(sae.cfg, sae.d_sae)                  # e.g. [32, 128]
+    levels = multi_topk_levels(sae.cfg.params, sae.d_sae)           # e.g. [32, 128]
     sc = encode_sorted(sae, x, levels[-1])
     x_hats = nested_level_reconstructions(sc, levels, sae.W_dec, sae.b_dec)   # [B, n_levels, d]
 """
@@ -13,22 +13,21 @@ the first k entries of each row (nested supports by construction). Gradients rea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saekit.config import SaeConfig
 from saekit.errors import ConfigError
 from saekit.kernels import encode_selected
 from saekit.sae.model import Sae
+from saekit.sae.prefixes import block_sums
 from saekit.sae.row_topk import row_topk
-from saekit.train.prefixes import block_sums
-from saekit.types import SparseCode
+from saekit.types import SparseCode, offsets_from_rows
 
 SOFT_CAP = 30.0
 """MSAE soft cap: z = 30·tanh(ReLU(h)/30), so |z| < 30 (WolodjaZ/MSAE)."""
-PER_ROW_ACTIVATIONS = ("topk", "topk_softcap")
 
 
 def soft_cap(u: Float[Tensor, "..."], cap: float = SOFT_CAP) -> Float[Tensor, "..."]:
@@ -38,8 +37,8 @@ def soft_cap(u: Float[Tensor, "..."], cap: float = SOFT_CAP) -> Float[Tensor, ".
 # ---------------------------------------------------------------------------------------- levels
 
 
-def multi_topk_levels(cfg: SaeConfig, d_sae: int) -> list[int]:
-    """cfg.k_levels, else (k, 4k) — capped at d_sae, strictly increasing."""
+def multi_topk_levels(cfg: Any, d_sae: int) -> list[int]:
+    """cfg.k_levels, else (k, 4k) — capped at d_sae, strictly increasing (`cfg`: the method section)."""
     levels = list(cfg.k_levels) if cfg.k_levels is not None else [cfg.k, 4 * cfg.k]
     return _check_levels(sorted({min(int(k), d_sae) for k in levels}), d_sae, "k_levels")
 
@@ -55,7 +54,7 @@ def msae_k_levels(start: int, d_sae: int) -> list[int]:
     return [*levels, d_sae]
 
 
-def resolve_msae_levels(cfg: SaeConfig, d_sae: int) -> list[int]:
+def resolve_msae_levels(cfg: Any, d_sae: int) -> list[int]:
     """One entry in cfg.k_levels (or none: cfg.k) is a start to double from; several are used as given."""
     if cfg.k_levels is not None and len(cfg.k_levels) > 1:
         return _check_levels([int(k) for k in cfg.k_levels], d_sae, "k_levels")
@@ -108,7 +107,6 @@ def encode_sorted(
 ) -> SortedCode:
     """Top-k_max entries of each row of h, sorted; with `all_positive`, every other h > 0 entry is appended
     (ranks ≥ k_max, unsorted — only needed when the last level is the whole dictionary, as in MSAE)."""
-    _require_per_row_activation(sae)
     x = x.to(sae.W_enc.dtype)
     batch = x.shape[0]
     with torch.no_grad():
@@ -123,9 +121,7 @@ def encode_sorted(
         del h  # a fresh h (eval, GPU) is the step's biggest buffer: free it before backward
     pre = encode_selected(x, sae.W_enc, sae.b_enc, sae.b_dec, rows, idx, vals)
     values = torch.relu(pre) if cap is None else soft_cap(torch.relu(pre), cap)
-    offsets = torch.zeros(batch + 1, dtype=torch.long, device=x.device)
-    offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=batch), 0)
-    return SortedCode(SparseCode(values, idx, offsets, sae.d_sae), ranks, aux)
+    return SortedCode(SparseCode(values, idx, offsets_from_rows(rows, batch), sae.d_sae, rows), ranks, aux)
 
 
 def encode_levels(
@@ -157,15 +153,6 @@ def _append_other_positives(h, idx, rows, vals, ranks, k_max):
         torch.cat([vals, h[extra_rows, extra_idx]])[order],
         torch.cat([ranks, extra_ranks])[order],
     )
-
-
-def _require_per_row_activation(sae: Sae) -> None:
-    if sae.cfg.activation not in PER_ROW_ACTIVATIONS:
-        raise ConfigError(
-            f"multi-k objectives select their own sorted top-k per row, so they train and run with a per-row "
-            f"TopK activation; got sae.activation={sae.cfg.activation!r}: set sae.activation=topk "
-            "(or topk_softcap for msae)"
-        )
 
 
 def level_block_sums(

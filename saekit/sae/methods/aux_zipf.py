@@ -5,12 +5,12 @@ profile; its exact formula could not be verified, so this is saekit's provisiona
 replaced once the paper's is read:
 
 1. f_i = EMA of latent i's firing frequency (fraction of tokens with value > 1e-3), updated once per
-   training step with rate min(1, B / cfg.dead_tokens) — a horizon of about dead_tokens tokens, counted in
+   training step with rate min(1, B / sae.dead_tokens) — a horizon of about dead_tokens tokens, counted in
    tokens like the dead-latent window (§11.8). The first step sets f directly.
-2. Rank latents by f (r = 1 most frequent). Target f*(r) = min(1, c·r^(−s)) with s = cfg.zipf_exponent and
+2. Rank latents by f (r = 1 most frequent). Target f*(r) = min(1, c·r^(−s)) with s = zipf_exponent and
    c chosen so that Σ_r f*(r) = k (Σ f is the mean L0). The cap at 1 is a saekit addition: a frequency
    cannot exceed 1, and without it c > 1 for wide dictionaries (c ≈ 3.1 at n = 16384, k = 32, s = 1).
-3. Underutilised set U = {i : f_i < τ·f*(r_i)} (τ = cfg.zipf_tau) ∪ {latents the tracker calls dead}.
+3. Underutilised set U = {i : f_i < τ·f*(r_i)} (τ = zipf_tau) ∪ {latents the tracker calls dead}.
 4. AuxK (Gao et al.) with U in place of the dead set: the top min(k_aux, |U|) latents of U per row model
    the detached residual, decoded without bias, each selected latent's value scaled by its weight
    w_i = 1 − f_i/f*(r_i) ∈ [0, 1] (1 for dead latents), normalised by the residual's batch variance.
@@ -19,27 +19,31 @@ replaced once the paper's is read:
 Note: under a steep target the most frequent latents can also fall short of f* (their targets approach
 1), so U usually holds some head latents besides the tail; that is what the definition says.
 
-State (the frequency EMA) lives in this objective, per SAE; `state_dict(sae)` / `load_state_dict(sae, s)`
+The method trains with any selection rule (`activation`, Mutual Choice by default as in the paper). State
+(the frequency EMA) is an attribute of the run's objective; `state_dict()` / `load_state_dict(s, sae)`
 return and take JSON-native data so a checkpoint can carry it in trainer_state.json exactly.
 
-    objective = get_objective("aux_zipf")
+    sae = Sae(d_in, SaeConfig.make("aux_zipf", k=32))
+    objective = make_objective(sae.cfg)
     out = objective(sae, batch, dead_mask=tracker.dead_mask(), mse_scale=s)
-    saved = objective.state_dict(sae); objective.load_state_dict(sae, saved)
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from saekit.config_io import require
 from saekit.errors import ConfigError, RunDirError
+from saekit.sae.method import Method, register_method
+from saekit.sae.methods.selection import SelectionParams, make_selection
 from saekit.sae.model import Sae
-from saekit.train.objectives import FIRE_THRESHOLD, StepOutput, auxk_loss, firing, register_objective
+from saekit.sae.objective import FIRE_THRESHOLD, Objective, StepOutput, aux_settings, auxk_loss, firing
 from saekit.types import Batch, SparseCode
 
 logger = logging.getLogger(__name__)
@@ -119,26 +123,35 @@ def weighted_auxk_loss(
 # -------------------------------------------------------------------------------------- objective
 
 
-class AuxZipfObjective:
+@dataclass(frozen=True)
+class AuxZipfParams(SelectionParams):
+    activation: Literal["batchtopk", "mutual_choice", "feature_choice", "topk"] = "mutual_choice"
+    """Selection rule trained with the aux term (Mutual Choice in the paper)."""
+    zipf_exponent: float = 1.0
+    """Exponent s of the Zipf frequency target f*(r) = min(1, c r^-s), which sums to k (provisional)."""
+    zipf_tau: float = 0.5
+    """A latent is underutilised when its frequency < tau * target."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.zipf_exponent >= 0, "zipf_exponent", "must be >= 0 (1 is Zipf's law)")
+        require(0 < self.zipf_tau <= 1, "zipf_tau", "must be in (0, 1]")
+
+
+class AuxZipfObjective(Objective):
     """Main FVU term + aux_coef · (weighted AuxK over underutilised latents); see the module docstring."""
 
-    def __init__(self) -> None:
-        # Frequency EMA per SAE object (fp64 [d_sae]); weak keys so finished runs free their state.
-        self._freq: weakref.WeakKeyDictionary[Sae, Tensor] = weakref.WeakKeyDictionary()
+    def __init__(self, params: AuxZipfParams) -> None:
+        super().__init__(params)
+        self.freq: Float[Tensor, " d_sae"] | None = None
+        """Per-latent firing-frequency EMA (fp64), None until the first step."""
+        self.freq_rate: float | None = None
+        """Override of the EMA rate (tests); None: min(1, batch / sae.dead_tokens)."""
 
     def __call__(
-        self,
-        sae: Sae,
-        batch: Batch,
-        *,
-        dead_mask: Bool[Tensor, " d_sae"] | None,
-        mse_scale: float,
-        aux_coef: float | None = None,
-        k_aux: int | None = None,
-        freq_rate: float | None = None,
+        self, sae: Sae, batch: Batch, *, dead_mask: Bool[Tensor, " d_sae"] | None, mse_scale: float
     ) -> StepOutput:
-        aux_coef = sae.cfg.aux_coef if aux_coef is None else aux_coef
-        k_aux = sae.cfg.resolve_k_aux(sae.d_in) if k_aux is None else k_aux
+        k_aux, aux_coef = aux_settings(self.params, sae.d_in)
         x = batch.acts.to(sae.W_dec.dtype)
         aux_idx, weights = self.aux_set(sae, dead_mask)
         use_aux = aux_idx.numel() > 0 and k_aux > 0 and aux_coef > 0
@@ -149,7 +162,7 @@ class AuxZipfObjective:
         if use_aux:
             aux = weighted_auxk_loss(sae, x, x - out.x_hat, out.aux_pre_acts, aux_idx, weights, k_aux)
         loss = main + aux_coef * aux
-        rate = min(1.0, len(batch) / sae.cfg.dead_tokens) if freq_rate is None else freq_rate
+        rate = min(1.0, len(batch) / sae.cfg.dead_tokens) if self.freq_rate is None else self.freq_rate
         self.update_frequencies_(sae, out.code, rate)
         n_dead = 0 if dead_mask is None else int(dead_mask.sum().item())
         return _step_output(loss, main, aux, x, sq_err, out.code, n_dead, aux_idx.numel())
@@ -160,34 +173,28 @@ class AuxZipfObjective:
         """Latents the aux term may use and their weights, from the frequencies seen before this step
         (only the dead set, weight 1, until a first step has been seen)."""
         device = sae.W_dec.device
-        freq = self._freq.get(sae)
-        if freq is None:
+        if self.freq is None:
             dead = torch.zeros(sae.d_sae, dtype=torch.bool, device=device) if dead_mask is None else dead_mask
             idx = torch.nonzero(dead.to(device)).squeeze(1)
             return idx, torch.ones(idx.numel(), device=device)
-        target = zipf_target(sae.d_sae, sae.cfg.k, sae.cfg.zipf_exponent).to(device)
-        return underutilised_latents(freq, target, sae.cfg.zipf_tau, dead_mask)
+        target = zipf_target(sae.d_sae, self.params.k, self.params.zipf_exponent).to(device)
+        return underutilised_latents(self.freq, target, self.params.zipf_tau, dead_mask)
 
     @torch.no_grad()
     def update_frequencies_(self, sae: Sae, code: SparseCode, rate: float) -> None:
         """f ← (1 − rate)·f + rate·(fires per latent / tokens), in fp64; the first call sets f."""
         fires = torch.bincount(code.indices[code.values > FIRE_THRESHOLD], minlength=sae.d_sae)
         observed = fires.to(torch.float64) / max(code.batch_size, 1)
-        old = self._freq.get(sae)
-        self._freq[sae] = observed if old is None else (1.0 - rate) * old + rate * observed
+        self.freq = observed if self.freq is None else (1.0 - rate) * self.freq + rate * observed
 
-    def frequencies(self, sae: Sae) -> Float[Tensor, " d_sae"] | None:
-        return self._freq.get(sae)
-
-    def state_dict(self, sae: Sae) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """JSON-native state (fp64 values survive a JSON round trip exactly)."""
-        freq = self._freq.get(sae)
-        return {"freq_ema": None if freq is None else freq.cpu().tolist()}
+        return {"freq_ema": None if self.freq is None else self.freq.cpu().tolist()}
 
-    def load_state_dict(self, sae: Sae, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], sae: Sae) -> None:
         freq = state.get("freq_ema")
         if freq is None:
-            self._freq.pop(sae, None)
+            self.freq = None
             return
         freq = torch.as_tensor(freq, dtype=torch.float64, device=sae.W_dec.device)
         if freq.shape != (sae.d_sae,):
@@ -195,7 +202,7 @@ class AuxZipfObjective:
                 f"aux_zipf state holds {tuple(freq.shape)} frequencies but the SAE has d_sae={sae.d_sae}; "
                 "the checkpoint belongs to a different SAE"
             )
-        self._freq[sae] = freq
+        self.freq = freq
 
 
 def _step_output(loss, main, aux, x, sq_err, code: SparseCode, n_dead: int, n_under: int) -> StepOutput:
@@ -227,4 +234,12 @@ def _step_output(loss, main, aux, x, sq_err, code: SparseCode, n_dead: int, n_un
     )
 
 
-aux_zipf_objective = register_objective("aux_zipf")(AuxZipfObjective())
+AUX_ZIPF = register_method(
+    Method(
+        name="aux_zipf",
+        params=AuxZipfParams,
+        activation=make_selection,
+        objective=AuxZipfObjective,
+        summary="aux_zipf (Ayonrinde 2024, provisional): AuxK over latents below a Zipf frequency target",
+    )
+)

@@ -1,0 +1,320 @@
+"""The one config machinery every stage shares: YAML + dotted ``key=value`` overrides → frozen dataclasses.
+
+Stage configs (`saekit.config`) and method sections (`saekit.sae.methods`) are plain frozen dataclasses
+with a docstring under each field. This module turns mappings into them (type coercion, did-you-mean
+errors for unknown keys), parses overrides, lists every key with its default and doc for `--help`, and
+patches files written by older saekit versions.
+
+    cfg = load_config(TrainConfig, "configs/topk.yaml", ["sae.k=64", "lr=3e-4"])
+    save_config(cfg, run_dir / "config.yaml")
+
+Hooks a dataclass may define (classmethods), used by polymorphic sections such as `SaeConfig`:
+- `_normalise_raw(raw) -> raw`: rewrite the incoming mapping first (e.g. route shorthand keys);
+- `_field_types(raw) -> {name: type}`: field types that depend on other values (e.g. the method's section).
+A library (dacite, cattrs, pydantic) was considered for the mapping; none keeps the did-you-mean errors,
+YAML's "3e-4"-as-string quirk and these hooks without as much glue as the ~120 lines below.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from saekit.errors import ConfigError
+
+FORMAT_VERSION = 2
+"""Version of config.yaml. 1: flat `sae` section with `activation` + `objective`; 2: `sae.method` + params."""
+
+
+# ---------------------------------------------------------------------------------------- overrides
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`["sae.k=64", "lr=3e-4"]` → a nested mapping; values are parsed as YAML scalars or lists."""
+    raw: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. sae.k=64)")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value  # e.g. an unbalanced bracket: keep the text, type coercion will judge it
+        set_dotted(raw, key.strip(), parsed)
+    return raw
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: sections merge key by key, anything else in `extra` wins."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/topk.yaml")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of config keys, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Build `cls` from a YAML file (optional) and dotted `key=value` overrides."""
+    raw = read_yaml_mapping(path) if path is not None else {}
+    raw = upgrade(cls, raw)
+    return from_dict(cls, merge(raw, parse_overrides(overrides)))
+
+
+# ---------------------------------------------------------------------------------------- versions
+
+UPGRADES: dict[tuple[str, int], Any] = {}
+"""(config class name, version) → function raw → raw producing version + 1. Filled by the modules that
+own the renamed keys (`saekit.config` for TrainConfig)."""
+
+
+def upgrade(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """Patch a mapping written by an older saekit up to FORMAT_VERSION (no version key: as written now)."""
+    raw = dict(raw)
+    version = raw.pop("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(
+            f"format_version {version!r} is newer than this saekit understands ({FORMAT_VERSION}); "
+            "upgrade saekit"
+        )
+    while version < FORMAT_VERSION:
+        step = UPGRADES.get((cls.__name__, version))
+        if step is not None:
+            raw = step(raw)
+        version += 1
+    return raw
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    from saekit.io import atomic_write_text
+
+    body = {"format_version": FORMAT_VERSION, **to_dict(cfg)}
+    atomic_write_text(Path(path), yaml.safe_dump(body, sort_keys=False))
+
+
+def load_saved_config(cls: type, path: str | Path) -> Any:
+    """A config file saekit wrote (any version), validated; unreadable files raise ConfigError."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping, got {type(raw).__name__}")
+    return from_dict(cls, upgrade(cls, raw))
+
+
+# ---------------------------------------------------------------------------------------- mapping
+
+
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__} must be a mapping, got {raw!r}")
+    if hasattr(cls, "_normalise_raw"):
+        raw = cls._normalise_raw(dict(raw), prefix)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = {**_type_hints(cls), **(cls._field_types(raw, prefix) if hasattr(cls, "_field_types") else {})}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {sorted(fields)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}' for {cls.__name__}{hint}")
+        kwargs[key] = coerce(hints[key], value, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}") from None
+    except TypeError as err:  # a required field was not given
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return _tuples_to_lists(dataclasses.asdict(cfg))
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(tp: Any, value: Any, name: str) -> Any:
+    """`value` as type `tp` (Optional, Literal, tuples, nested dataclasses, scalars), or ConfigError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(arg, value, name)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        return _coerce_tuple(args, value, name)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, prefix=f"{name}.")
+    return _coerce_scalar(tp, value, name)
+
+
+def _coerce_tuple(args: tuple, value: Any, name: str) -> tuple:
+    if isinstance(value, str):  # `d_sae=4096,8192` on the command line
+        value = [v.strip() for v in value.split(",")] if "," in value else [value]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]  # a single value where a list is expected
+    item_types = args if (len(args) != 2 or args[1] is not Ellipsis) else (args[0],) * len(value)
+    if len(item_types) != len(value):
+        raise ConfigError(f"{name} must have {len(item_types)} items, got {value!r}")
+    pairs = enumerate(zip(item_types, value, strict=True))
+    return tuple(coerce(t, _maybe_number(v), f"{name}[{i}]") for i, (t, v) in pairs)
+
+
+def _maybe_number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _coerce_scalar(tp: Any, value: Any, name: str) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "3e-4" as a string
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{name} must be of type {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _tuples_to_lists(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _tuples_to_lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_tuples_to_lists(v) for v in obj]
+    return obj
+
+
+def require(ok: bool, name: str, fix: str) -> None:
+    """Validation helper for `__post_init__`: raise ConfigError("name: fix") unless ok."""
+    if not ok:
+        raise ConfigError(f"{name}: {fix}")
+
+
+# ---------------------------------------------------------------------------------------- help
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (and of its dataclass bases), read from the source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):  # no source (frozen app, REPL class): no docs
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:], strict=False):
+            documented = isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and documented:
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def describe_fields(cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every field of `cls`, nested dataclass sections expanded."""
+    rows = []
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in skip:
+            continue
+        default = _default_of(f)
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            rows += describe_fields(type(default), f"{prefix}{f.name}.")
+            continue
+        rows.append((f"{prefix}{f.name}", _show(default), docs.get(f.name, "")))
+    return rows
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return "(required)"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return (
+        "null"
+        if value is None
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    )
+
+
+def format_help(rows: list[tuple[str, str, str]], width: int = 110) -> str:
+    """Aligned `key = default  doc` lines, the doc wrapped under the key."""
+    key_width = min(36, max((len(k) + len(d) + 3 for k, d, _ in rows), default=10))
+    lines = []
+    for key, default, doc in rows:
+        head = f"  {key} = {default}"
+        wrapped = textwrap.wrap(doc, width - key_width - 4) or [""]
+        lines.append(f"{head:<{key_width + 2}}  {wrapped[0]}".rstrip())
+        lines += [f"{'':<{key_width + 2}}  {more}" for more in wrapped[1:]]
+    return "\n".join(lines)

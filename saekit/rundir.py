@@ -1,0 +1,174 @@
+"""The run directory: the one module that knows its layout, finds its checkpoints and loads what it holds.
+
+    runs/<name>/
+        config.yaml                      resolved TrainConfig (format_version 2; older ones are upgraded)
+        metrics.jsonl                    one JSON object per log window
+        checkpoints/step_0000100/        sae/ + optimizer.safetensors + trainer_state.json (resume)
+        final/                           the finished SAE (cfg.json + sae.safetensors + trainer_state.json)
+        eval.json, index/                written by `saekit eval` / `saekit index`
+
+Every directory is written through `saekit.io.staged_directory` (crash-safe). Nobody else spells these names.
+
+    run = RunDir("runs/topk")
+    cfg = run.load_config(); sae = run.load_sae(); step_dir = run.latest_checkpoint()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saekit.config import TrainConfig
+from saekit.config_io import load_saved_config
+from saekit.errors import ConfigError, RunDirError
+from saekit.sae import Sae, load_sae
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+FINAL_DIR = "final"
+CHECKPOINTS_DIR = "checkpoints"
+STEP_PREFIX = "step_"
+SAE_SUBDIR = "sae"
+TRAINER_STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+EVAL_FILE = "eval.json"
+INDEX_DIR = "index"
+RUN_SUBDIRS = frozenset({FINAL_DIR, CHECKPOINTS_DIR, INDEX_DIR})
+"""Sub-directories of a run, which never hold another run (discovery skips them)."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:07d}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and loaders of one training run directory (which need not exist yet)."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    # ------------------------------------------------------------------------------------ paths
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / FINAL_DIR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / EVAL_FILE
+
+    @property
+    def index_dir(self) -> Path:
+        return self.path / INDEX_DIR
+
+    def step_dir(self, step: int) -> Path:
+        return self.checkpoints_dir / step_dir_name(step)
+
+    # ------------------------------------------------------------------------------------ state
+
+    def checkpoints(self) -> list[Path]:
+        """Complete training checkpoints, oldest first (staging directories are dot-named and skipped)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(
+            p for p in self.checkpoints_dir.iterdir() if p.name.startswith(STEP_PREFIX) and p.is_dir()
+        )
+
+    def latest_checkpoint(self) -> Path | None:
+        steps = self.checkpoints()
+        return steps[-1] if steps else None
+
+    def is_finished(self) -> bool:
+        """True once training wrote `final/`."""
+        return (self.final_dir / "cfg.json").is_file()
+
+    def has_training(self) -> bool:
+        """True when training started here (a checkpoint or final/ exists): resume it, never overwrite."""
+        return self.final_dir.exists() or self.checkpoints_dir.exists()
+
+    def is_run(self) -> bool:
+        """A run directory with an SAE to show: config.yaml plus final/ or a checkpoint's sae/."""
+        if not self.config_path.is_file():
+            return False
+        return self.final_dir.is_dir() or any(
+            (p / SAE_SUBDIR / "cfg.json").is_file() for p in self.checkpoints()
+        )
+
+    def sae_dir(self) -> Path:
+        """`final/`, else the newest checkpoint's `sae/` (with a warning: training is unfinished)."""
+        if self.is_finished():
+            return self.final_dir
+        steps = [p for p in self.checkpoints() if (p / SAE_SUBDIR / "cfg.json").is_file()]
+        if not steps:
+            raise RunDirError(
+                f"{self.path} has no SAE checkpoint: expected {self.final_dir}/ (written when `saekit train` "
+                f"finishes) or {self.checkpoints_dir}/{STEP_PREFIX}*/{SAE_SUBDIR}/; train one with "
+                f"`saekit train CONFIG.yaml run_dir={self.path}`"
+            )
+        logger.warning("%s has no final/ checkpoint (training unfinished?); using %s", self.path, steps[-1])
+        return steps[-1] / SAE_SUBDIR
+
+    # ------------------------------------------------------------------------------------ loaders
+
+    def load_config(self) -> TrainConfig:
+        """The resolved training config, upgraded from older formats and validated."""
+        if not self.path.is_dir():
+            raise RunDirError(
+                f"run directory {self.path} does not exist; create it with `saekit train CONFIG.yaml "
+                f"run_dir={self.path}` or pass the directory a training run wrote"
+            )
+        if not self.config_path.is_file():
+            raise RunDirError(
+                f"{self.path} is not a run directory (no {CONFIG_FILE}); `saekit train` writes one — pass "
+                "the run_dir of a training run"
+            )
+        try:
+            return load_saved_config(TrainConfig, self.config_path)
+        except ConfigError as err:
+            raise RunDirError(f"{self.config_path}: {err}") from None
+
+    def load_sae(self, device: str = "cpu") -> Sae:
+        """The run's SAE (final/, else the newest checkpoint) in inference mode."""
+        return load_sae(self.sae_dir(), device=device, v1_objective=self.format1_objective())
+
+    def format1_objective(self) -> str | None:
+        """The `objective` of a format-1 config.yaml, which format-1 cfg.json files did not record."""
+        try:
+            raw = yaml.safe_load(self.config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return None
+        return raw.get("objective") if isinstance(raw, dict) and raw.get("format_version") == 1 else None
+
+    def trainer_state(self) -> dict[str, Any] | None:
+        """trainer_state.json of final/, else of the newest checkpoint (None when neither has one)."""
+        candidates = [self.final_dir, *reversed(self.checkpoints())]
+        for step_dir in candidates:
+            path = step_dir / TRAINER_STATE_FILE
+            if path.is_file():
+                state = json.loads(path.read_text())
+                state.pop("optimizer_meta", None)  # large and of no use to a reader
+                state["checkpoint"] = str(step_dir)
+                return state
+        return None

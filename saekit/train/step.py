@@ -1,0 +1,96 @@
+"""The one training step: scale → objective → backward → constrained step → post_step → tracker.
+
+The trainer, `saekit bench` and the tests all call `training_step`, so the step that is benchmarked is the
+step that trains (style.md, "Layers and ownership").
+
+    out = training_step(sae, objective, optimizer, batch, mse_scale=s, tracker=tracker)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from saekit.errors import DataError
+from saekit.sae import Objective, Sae, StepOutput, constrained_adam_step
+from saekit.types import Batch
+
+
+class LatentTracker(Protocol):
+    """What the step needs of a dead-latent tracker (`DeadLatentTracker`, or a fixed mask in benchmarks)."""
+
+    def dead_mask(self) -> Bool[Tensor, " d_sae"]: ...
+
+    def update(
+        self, fired: Bool[Tensor, " d_sae"], n_tokens: int, counts: Int[Tensor, " d_sae"] | None
+    ) -> None: ...
+
+    def permute_(self, perm: Int[Tensor, " d_sae"]) -> None: ...
+
+
+def training_step(
+    sae: Sae,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    raw_batch: Batch,
+    *,
+    mse_scale: float,
+    tracker: LatentTracker | None = None,
+) -> StepOutput:
+    """One optimiser step on a batch of raw (unscaled) activations; returns the objective's output.
+
+    Order (Gao et al., algorithms.md §1.6): scale the inputs into the SAE's normalised space, evaluate the
+    objective (with the tracker's dead latents for AuxK), backpropagate, take the decoder-constrained Adam
+    step, run the objective's `post_step` (a latent permutation it applied is mirrored in the tracker),
+    then count which latents fired.
+    """
+    if not torch.isfinite(raw_batch.acts).all():
+        raise DataError("batch contains NaN/inf activations; re-collect the cache")
+    batch = sae.scale_batch(raw_batch)
+    dead_mask = tracker.dead_mask() if tracker is not None else None
+    out = objective(sae, batch, dead_mask=dead_mask, mse_scale=mse_scale)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    constrained_adam_step(sae, optimizer)
+    perm = objective.post_step(sae, optimizer, out)
+    if tracker is not None:
+        if perm is not None:
+            tracker.permute_(perm)
+        tracker.update(out.fired, len(batch), counts=out.fire_counts)
+    return out
+
+
+def make_optimizer(
+    sae: Sae, *, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 6.25e-10
+) -> torch.optim.Adam:
+    """The trainer's Adam over every SAE parameter: fused, measured 8x cheaper than the default foreach
+    path on a 2-core CPU (design.md §5). Parameters the method gives a learning-rate multiplier
+    (`Activation.lr_scales`, e.g. JumpReLU's thresholds) get a group of their own."""
+    scales = sae.activation.lr_scales()
+    named = dict(sae.named_parameters())
+    unknown = set(scales) - set(named)
+    assert not unknown, f"lr_scales names parameters the SAE does not have: {sorted(unknown)}"
+    groups = [{"params": [p for name, p in named.items() if name not in scales], "lr": lr}]
+    groups += [{"params": [named[name]], "lr": lr * scale} for name, scale in scales.items()]
+    return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, fused=True)
+
+
+class FixedDeadMask:
+    """A tracker whose dead set never changes (benchmarks: AuxK at a fixed dead fraction)."""
+
+    def __init__(self, mask: Bool[Tensor, " d_sae"]) -> None:
+        self.mask = mask
+
+    def dead_mask(self) -> Bool[Tensor, " d_sae"]:
+        return self.mask
+
+    def update(
+        self, fired: Bool[Tensor, " d_sae"], n_tokens: int, counts: Int[Tensor, " d_sae"] | None
+    ) -> None:
+        pass
+
+    def permute_(self, perm: Int[Tensor, " d_sae"]) -> None:
+        self.mask = self.mask[perm.to(self.mask.device)]
