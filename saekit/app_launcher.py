@@ -11,13 +11,16 @@ browser calls an external metrics URL.
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from saekit.errors import SaekitError
+from saekit.errors import ConfigError, SaekitError
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,10 @@ ENTRY = "streamlit_app.py"
 
 class AppNotFoundError(SaekitError, FileNotFoundError):
     """The Streamlit app directory (app/streamlit_app.py) is not where saekit looks for it."""
+
+
+class AppStartError(SaekitError, RuntimeError):
+    """The Streamlit server could not start or stopped with an error."""
 
 
 def find_app_dir() -> Path:
@@ -72,10 +79,44 @@ def app_command(
 
 
 def launch_app(runs_dir: Path, port: int = 8501, *, address: str = "127.0.0.1") -> int:
-    """Check RUNS_DIR, then run the Streamlit server in the foreground; returns its exit code."""
+    """Check the port, Streamlit and RUNS_DIR, then run the Streamlit server in the foreground. Every
+    failure is a one-line SaekitError; a clean stop (Ctrl-C) returns 0."""
     from saekit.runs import list_runs
 
+    check_port(port, address)
+    if importlib.util.find_spec("streamlit") is None:
+        raise AppStartError(
+            "the app needs Streamlit (a saekit dependency), which is missing from this environment; run "
+            "`pip install -e .` in the saekit checkout, or `pip install streamlit`"
+        )
     runs = list_runs(runs_dir)  # fails fast, with the fix, on a missing or empty runs directory
     argv, env, cwd = app_command(runs_dir, port=port, address=address)
     logger.info("serving %d run(s) from %s at http://%s:%d", len(runs), runs_dir, address, port)
-    return subprocess.run(argv, env=env, cwd=cwd, check=False).returncode
+    try:
+        code = subprocess.run(argv, env=env, cwd=cwd, check=False).returncode
+    except KeyboardInterrupt:  # Ctrl-C reaches both processes; Streamlit shuts itself down
+        return 0
+    if code not in (0, -2, 130):  # 0 clean, -2/130 interrupted
+        raise AppStartError(
+            f"the Streamlit server exited with status {code}; its messages are above. Re-run with "
+            "--port another free port if the address was the problem"
+        )
+    return 0
+
+
+def check_port(port: int, address: str = "127.0.0.1") -> None:
+    """ConfigError unless `port` is a valid TCP port that is free on `address` (checked by binding it
+    briefly, so the failure is one line here rather than a traceback inside Streamlit)."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port; pass one in 1-65535 (default 8501)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                fix = "another program (perhaps another `saekit app`) uses it; pass --port with a free port"
+            elif err.errno == errno.EACCES:
+                fix = "ports below 1024 need administrator rights; pass --port 8501 or another above 1023"
+            else:
+                fix = f"{err.strerror}; pass another --port"
+            raise ConfigError(f"cannot serve on {address}:{port}: {fix}") from None

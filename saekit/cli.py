@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from saekit.errors import SaekitError
+from saekit.errors import SaekitError, as_resource_error, one_line
 
 logger = logging.getLogger("saekit")
 
@@ -41,10 +41,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from saekit.config import TrainConfig, load_config
-    from saekit.train import train
+    from saekit.train import resume_config, train
 
     path, overrides = _split_config_and_overrides(args.args)
-    cfg = load_config(TrainConfig, path, overrides)
+    # --resume: the run's own settings, with only the keys given here applied (train refuses unsafe ones)
+    cfg = resume_config(path, overrides) if args.resume else load_config(TrainConfig, path, overrides)
     run_dir = train(cfg, resume=args.resume)
     sys.stdout.write(f"run: {run_dir}\n")
     return 0
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary, shape in _STAGES:
         p = sub.add_parser(name, help=summary, description=summary)
         p.stage = name
+        _add_verbose(p)
         if shape == "run":
             p.add_argument("run", help="run directory written by `saekit train`")
             p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -176,13 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="start the Streamlit workbench on 127.0.0.1: [RUNS_DIR]")
     p.add_argument("runs_dir", nargs="?", default="runs")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="TCP port, 1-65535")
+    _add_verbose(p)
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("hooks", help="list a model's hook points: MODEL (embedded, tiny, a local dir)")
     p.add_argument("model", nargs="?", default="embedded")
+    _add_verbose(p)
     p.set_defaults(func=cmd_hooks)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an absent subcommand flag must not reset `saekit -v <stage>` to False
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging, tracebacks"
+    )
 
 
 class _StageParser(argparse.ArgumentParser):
@@ -198,20 +209,40 @@ class _StageParser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
     try:
         return args.func(args)
-    except SaekitError as err:
-        logger.error("%s", err)
-        return 2
     except KeyboardInterrupt:
         logger.error("interrupted; completed shards/checkpoints are kept — re-run to resume")
         return 130
+    except Exception as err:  # the one error boundary: everything becomes one line (see report_error)
+        return report_error(err, verbose=verbose)
+
+
+def report_error(err: Exception, *, verbose: bool = False) -> int:
+    """Log `err` as one ERROR line and return the exit status: 2 for expected failures (a SaekitError, or
+    an OS failure such as a full disk, with the path and the fix), 1 for anything else (a bug or an
+    unchecked input). With `verbose` the traceback follows the line."""
+    expected = err if isinstance(err, SaekitError) else as_resource_error(err)
+    trace = err if verbose else None
+    if expected is not None:
+        logger.error("%s", one_line(str(expected)), exc_info=trace)
+        return 2
+    detail = one_line(str(err), limit=500) or "(no message)"
+    logger.error(
+        "unexpected %s: %s -- this is a saekit bug or an input it does not check yet; re-run with -v for "
+        "the traceback and please report it",
+        type(err).__name__,
+        detail,
+        exc_info=trace,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from saekit.config_checks import require_device_name, require_path, require_positive
 from saekit.config_io import (
     FORMAT_VERSION,
     UPGRADES,
@@ -88,11 +89,19 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         require(len(self.hookpoints) > 0, "hookpoints", "give at least one hook name")
+        require(all(h.strip() for h in self.hookpoints), "hookpoints", "hook names cannot be empty")
         require(self.context_length >= 2, "context_length", "needs room for BOS plus one token")
-        require(self.max_tokens > 0, "max_tokens", "must be positive")
-        require(self.batch_size > 0, "batch_size", "must be positive")
-        require(self.shard_tokens > 0, "shard_tokens", "must be positive")
+        require_positive(self, "max_tokens", "batch_size", "shard_tokens")
         require(self.skip_sequences >= 0, "skip_sequences", "must be >= 0")
+        require(
+            bool(self.model.strip()), "model", "name a model: embedded, tiny, a local directory or hub id"
+        )
+        require(
+            bool(self.corpus.strip()), "corpus", "name a corpus: embedded, a .txt/.jsonl file or a directory"
+        )
+        require(bool(self.text_field.strip()), "text_field", "name the JSONL field holding the text")
+        require_device_name(self.device)
+        require_path(self.out_dir, "out_dir", "runs/cache")
 
 
 @dataclass(frozen=True)
@@ -140,10 +149,25 @@ class TrainConfig:
             "cache_dir",
             "set cache_dir to a `saekit collect` output, or give a live: section to stream from the model",
         )
-        require(self.total_tokens > 0, "total_tokens", "must be positive")
-        require(self.batch_size > 0, "batch_size", "must be positive")
-        require(self.lr is None or self.lr > 0, "lr", "must be positive (or null for the 1/sqrt(d_sae) rule)")
-        require(self.log_every > 0 and self.checkpoint_every > 0, "log_every", "intervals must be positive")
+        require_positive(
+            self, "total_tokens", "batch_size", "shuffle_buffer_tokens", "norm_estimation_tokens"
+        )
+        require(
+            self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
+            "lr",
+            f"must be a finite number > 0 (e.g. 3e-4), or null for the 1/sqrt(d_sae) rule; got {self.lr}",
+        )
+        for i, beta in enumerate(self.adam_betas):
+            require(
+                0 <= beta < 1,
+                f"adam_betas[{i}]",
+                f"each beta must be in [0, 1) (e.g. [0.9, 0.999]); got {beta}",
+            )
+        require(self.adam_eps > 0, "adam_eps", f"must be > 0 (default 6.25e-10); got {self.adam_eps}")
+        require_positive(self, "log_every", "checkpoint_every")
+        require_device_name(self.device)
+        require_path(self.run_dir, "run_dir", "runs/topk")
+        require_path(self.cache_dir, "cache_dir", "runs/cache")
 
     @classmethod
     def _normalise_raw(cls, raw: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -183,6 +207,24 @@ class EvalConfig:
     device: str = "cpu"
     """Device for the model and the SAE."""
 
+    def __post_init__(self) -> None:
+        require_positive(self, "num_sequences", "batch_size", "max_eval_rows")
+        require(
+            0 < self.dense_threshold <= 1, "dense_threshold", f"must be in (0, 1]; got {self.dense_threshold}"
+        )
+        require(
+            self.context_length is None or self.context_length >= 2,
+            "context_length",
+            "needs room for BOS plus one token (or null for the cache's)",
+        )
+        require(
+            self.model is None or bool(self.model.strip()), "model", "name a model, or null for the run's"
+        )
+        require(
+            self.corpus is None or bool(self.corpus.strip()), "corpus", "name a corpus, or null for the run's"
+        )
+        require_device_name(self.device)
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -208,12 +250,15 @@ class IndexConfig:
     """Seed of the random quantile-example sample."""
 
     def __post_init__(self) -> None:
-        require(self.num_sequences > 0, "num_sequences", "must be positive")
-        require(self.batch_size > 0, "batch_size", "must be positive")
-        require(self.top_examples > 0, "top_examples", "must be positive")
-        require(self.quantile_bins > 0, "quantile_bins", "must be positive")
+        require_positive(
+            self, "num_sequences", "batch_size", "top_examples", "quantile_bins", "logit_lens_top_k"
+        )
         require(self.examples_per_bin >= 0, "examples_per_bin", "must be >= 0")
-        require(self.logit_lens_top_k > 0, "logit_lens_top_k", "must be positive")
+        require(
+            self.context_length is None or self.context_length >= 2,
+            "context_length",
+            "needs room for BOS plus one token (or null for the cache's)",
+        )
 
 
 @dataclass(frozen=True)
@@ -247,6 +292,19 @@ class CompareConfig:
     """One run directory per method under here, plus compare.json."""
     progress: bool = True
     """Progress bars while training."""
+
+    def __post_init__(self) -> None:
+        require(len(self.methods) > 0, "methods", "list at least one train YAML, e.g. [configs/topk.yaml]")
+        require_positive(
+            self, "k", "expansion_factor", "total_tokens", "batch_size", "dead_tokens", "eval_sequences"
+        )
+        require(
+            self.threshold_ema is None or 0 < self.threshold_ema <= 1,
+            "threshold_ema",
+            f"must be in (0, 1] (e.g. 0.05), or null for the method's default; got {self.threshold_ema}",
+        )
+        require_path(self.cache_dir, "cache_dir", "runs/cache")
+        require_path(self.out_dir, "out_dir", "runs/compare")
 
 
 @dataclass(frozen=True)
@@ -282,6 +340,21 @@ class DemoConfig:
     autocast_bf16: bool = False
     """Collect under bf16 autocast (faster on CPUs with native bf16)."""
 
+    def __post_init__(self) -> None:
+        require(self.context_length >= 2, "context_length", "needs room for BOS plus one token")
+        require_positive(
+            self,
+            "tokens",
+            "collect_batch_size",
+            "expansion_factor",
+            "k",
+            "epochs",
+            "batch_size",
+            "dead_tokens",
+            "eval_sequences",
+        )
+        require_path(self.out_dir, "out_dir", "runs/demo")
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -309,12 +382,12 @@ class BenchConfig:
     """saekit method whose training step is timed."""
 
     def __post_init__(self) -> None:
-        require(self.d_in > 0 and self.batch > 0 and self.reps > 0, "d_in", "d_in, batch, reps must be > 0")
+        require_positive(self, "d_in", "batch", "reps", "threads")
         require(
-            all(d > 0 for d in self.d_sae) and all(k > 0 for k in self.k), "d_sae", "d_sae and k must be > 0"
+            len(self.d_sae) > 0 and all(d > 0 for d in self.d_sae), "d_sae", "give widths > 0, e.g. 4096,8192"
         )
+        require(len(self.k) > 0 and all(k > 0 for k in self.k), "k", "give values > 0, e.g. 32,64")
         get_method(self.method)  # an unknown method fails here, with close matches
-        require(self.threads > 0, "threads", "must be positive")
 
 
 STAGE_CONFIGS: dict[str, type] = {

@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -44,13 +45,18 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} must look like key=value (e.g. sae.k=64)")
         try:
             parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value  # e.g. an unbalanced bracket: keep the text, type coercion will judge it
-        set_dotted(raw, key.strip(), parsed)
+        except yaml.YAMLError as err:
+            problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({problem}); write a number, true/false, "
+                f"a list like [1,2], or quote a literal string: {key}='\"...\"'"
+            ) from None
+        set_dotted(raw, key, parsed)
     return raw
 
 
@@ -75,11 +81,70 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+MAX_CONFIG_BYTES = 4 << 20
+"""Larger files are refused unread: a config is a small mapping, so this is the wrong file."""
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """The YAML document in `path`, parsed with `yaml.safe_load`; any unreadable, non-UTF-8, binary or
+    malformed file (or a `!!python/...` tag) raises ConfigError naming the file and the line."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file such as configs/topk.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/topk.yaml")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is {size >> 20} MiB, too large for a config; pass the YAML file")
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path} ({err.strerror}); check its permissions") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); a config must be a UTF-8 "
+            "YAML file -- is this a binary file?"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}{_yaml_where(err, text)}: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply; a config is a flat mapping of sections") from None
+
+
+def _yaml_where(err: yaml.YAMLError, text: str) -> str:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is not None:
+        return f" line {mark.line + 1}, column {mark.column + 1}"
+    position = getattr(err, "position", None)  # ReaderError (a control character): a character offset
+    return f" line {text[:position].count(chr(10)) + 1}" if isinstance(position, int) else ""
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong, in words, with the fix for the cases users meet."""
+    problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+    if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
+        return (
+            f"{problem}; saekit reads plain YAML only (yaml.safe_load) -- remove the !!python/... or other "
+            "custom tag and write the value itself"
+        )
+    if isinstance(err, yaml.reader.ReaderError):
+        return f"{problem}; a config must be UTF-8 YAML text -- is this a binary file?"
+    context, mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and mark is not None:  # e.g. an unclosed [ is only noticed at the end of the file
+        problem += f", {context} that starts at line {mark.line + 1}"
+    return f"not valid YAML ({problem}); fix the syntax there"
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    loaded = read_yaml_file(path)
+    if loaded is None:
+        return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} must hold a YAML mapping of config keys, got {type(loaded).__name__}")
     return loaded
@@ -125,11 +190,9 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def load_saved_config(cls: type, path: str | Path) -> Any:
     """A config file saekit wrote (any version), validated; unreadable files raise ConfigError."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = read_yaml_file(path)
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a YAML mapping, got {type(raw).__name__}")
     return from_dict(cls, upgrade(cls, raw))
@@ -224,19 +287,41 @@ def _coerce_scalar(tp: Any, value: Any, name: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML reads "3e-4" as a string
-            except ValueError:
-                pass
+        number = _as_float(value)
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:  # no saekit setting means anything at inf or nan
+            raise ConfigError(f"{name} must be a finite number (inf and nan are never valid), got {value!r}")
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # run_dir=2024 is a name, not a number
     else:
         return value
-    raise ConfigError(f"{name} must be of type {tp.__name__}, got {value!r} ({type(value).__name__})")
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    if value is None:
+        hint = f"`{name}=` with nothing after '=' means null; give a value"
+    else:
+        hint = f"give {_EXAMPLES.get(tp, 'a ' + tp.__name__)}"
+    raise ConfigError(f"{name} must be of type {tp.__name__}, got {shown} ({type(value).__name__}); {hint}")
+
+
+_EXAMPLES = {
+    int: "an integer (e.g. 64)",
+    float: "a number (e.g. 3e-4)",
+    bool: "true or false",
+    str: "a string",
+}
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)  # YAML reads "3e-4" as a string
+    except (ValueError, OverflowError):
+        return None
 
 
 def _tuples_to_lists(obj: Any) -> Any:

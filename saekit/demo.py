@@ -8,12 +8,12 @@ finished demo only re-evaluates.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 from saekit.config import CollectConfig, DemoConfig, EvalConfig, SaeConfig, TrainConfig
+from saekit.io import atomic_write_json
 from saekit.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run_demo(cfg: DemoConfig) -> str:
         "train_tokens_per_s": median_tokens_per_s(run_dir) or float("nan"),
     }
     summary = {"timings": timings, "run_dir": str(run_dir), "cache_dir": collect_cfg.out_dir, "eval": result}
-    (Path(cfg.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(Path(cfg.out_dir) / "summary.json", summary)
     lines = [
         format_eval_table(result),
         "",

@@ -6,8 +6,12 @@
         checkpoints/step_0000100/        sae/ + optimizer.safetensors + trainer_state.json (resume)
         final/                           the finished SAE (cfg.json + sae.safetensors + trainer_state.json)
         eval.json, index/                written by `saekit eval` / `saekit index`
+        resumes.jsonl                    one line per `--resume` (step, settings it changed)
+        .saekit.lock                     held by the one `saekit train` writing the run (never deleted)
 
 Every directory is written through `saekit.io.staged_directory` (crash-safe). Nobody else spells these names.
+Paths inside config.yaml are absolute (`absolute_paths`, at train time); `load_config` resolves the relative
+ones older runs stored by one documented rule, so the CLI, the app and notebooks agree.
 
     run = RunDir("runs/topk")
     cfg = run.load_config(); sae = run.load_sae(); step_dir = run.latest_checkpoint()
@@ -15,8 +19,10 @@ Every directory is written through `saekit.io.staged_directory` (crash-safe). No
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ import yaml
 from saekit.config import TrainConfig
 from saekit.config_io import load_saved_config
 from saekit.errors import ConfigError, RunDirError
+from saekit.io import TMP_MARK, remove_stale_staging
 from saekit.sae import Sae, load_sae
 
 logger = logging.getLogger(__name__)
@@ -40,6 +47,9 @@ TRAINER_STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 EVAL_FILE = "eval.json"
 INDEX_DIR = "index"
+RESUMES_FILE = "resumes.jsonl"
+LOCK_FILE = ".saekit.lock"
+OLD_MARK = ".old-"
 RUN_SUBDIRS = frozenset({FINAL_DIR, CHECKPOINTS_DIR, INDEX_DIR})
 """Sub-directories of a run, which never hold another run (discovery skips them)."""
 
@@ -82,6 +92,14 @@ class RunDir:
     @property
     def index_dir(self) -> Path:
         return self.path / INDEX_DIR
+
+    @property
+    def resumes_path(self) -> Path:
+        return self.path / RESUMES_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
 
     def step_dir(self, step: int) -> Path:
         return self.checkpoints_dir / step_dir_name(step)
@@ -130,10 +148,37 @@ class RunDir:
         logger.warning("%s has no final/ checkpoint (training unfinished?); using %s", self.path, steps[-1])
         return steps[-1] / SAE_SUBDIR
 
+    def remove_stale_staging(self) -> None:
+        """Delete staging (`.<name>.tmp-<pid>`) and set-aside (`.<name>.old-<pid>`) leftovers of processes
+        that no longer run, in the run directory and in checkpoints/ (a kill -9 mid-write leaves them)."""
+        for directory in (self.path, self.checkpoints_dir):
+            if not directory.is_dir():
+                continue
+            for entry in directory.iterdir():
+                name = entry.name
+                for mark in (TMP_MARK, OLD_MARK):
+                    if name.startswith(".") and mark in name:
+                        remove_stale_staging(directory / name[1:].rsplit(mark, 1)[0])
+
+    def record_resume(self, entry: dict[str, Any]) -> None:
+        """Append one line to resumes.jsonl (what a `--resume` changed), flushed to disk."""
+        with open(self.resumes_path, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
     # ------------------------------------------------------------------------------------ loaders
 
     def load_config(self) -> TrainConfig:
-        """The resolved training config, upgraded from older formats and validated."""
+        """The resolved training config, upgraded from older formats and validated.
+
+        Since saekit stores paths absolute, `cache_dir` is used as written. A relative `cache_dir` (runs
+        written by older versions, or a hand-edited file) was relative to the directory training ran in;
+        it is resolved against the first of these bases where it exists: (1) that directory, recovered from
+        a relative `run_dir` that ends this run's path (run_dir runs/topk at /p/runs/topk → /p); (2) the
+        current directory; (3) the run's parent directories, nearest first. When it exists under none of
+        them, base (1) is used if known, else the current directory (so the error names a full path).
+        """
         if not self.path.is_dir():
             raise RunDirError(
                 f"run directory {self.path} does not exist; create it with `saekit train CONFIG.yaml "
@@ -145,9 +190,28 @@ class RunDir:
                 "the run_dir of a training run"
             )
         try:
-            return load_saved_config(TrainConfig, self.config_path)
+            cfg = load_saved_config(TrainConfig, self.config_path)
         except ConfigError as err:
-            raise RunDirError(f"{self.config_path}: {err}") from None
+            where = "" if str(self.config_path) in str(err) else f"{self.config_path}: "
+            raise RunDirError(f"{where}{err}") from None
+        if cfg.cache_dir is not None and not Path(cfg.cache_dir).expanduser().is_absolute():
+            cfg = dataclasses.replace(cfg, cache_dir=str(self._resolve_relative(cfg.cache_dir, cfg.run_dir)))
+        return cfg
+
+    def _resolve_relative(self, relative: str, stored_run_dir: str) -> Path:
+        """`relative` (a path the training process wrote relative to its working directory) made absolute
+        by the rule in `load_config`'s docstring."""
+        here = Path(os.path.abspath(self.path))
+        bases: list[Path] = []
+        stored = Path(stored_run_dir)
+        n = len(stored.parts)
+        if not stored.is_absolute() and 0 < n < len(here.parts) and here.parts[-n:] == stored.parts:
+            bases.append(Path(*here.parts[:-n]))
+        bases += [Path.cwd(), *here.parents]
+        for base in bases:
+            if (base / relative).exists():
+                return base / relative
+        return bases[0] / relative
 
     def load_sae(self, device: str = "cpu") -> Sae:
         """The run's SAE (final/, else the newest checkpoint) in inference mode."""
@@ -172,3 +236,28 @@ class RunDir:
                 state["checkpoint"] = str(step_dir)
                 return state
         return None
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its filesystem paths absolute (run_dir, cache_dir, and live.model/live.corpus when they
+    name an existing local path), as they are stored in config.yaml: a relative path would later be
+    resolved against whatever directory the app or a notebook runs in."""
+    changes: dict[str, Any] = {"run_dir": _absolute(cfg.run_dir)}
+    if cfg.cache_dir is not None:
+        changes["cache_dir"] = _absolute(cfg.cache_dir)
+    if cfg.live is not None:
+        live = {
+            key: _absolute(value)
+            for key in ("model", "corpus")
+            if (value := getattr(cfg.live, key)) not in _NAMED_SOURCES and Path(value).expanduser().exists()
+        }
+        changes["live"] = dataclasses.replace(cfg.live, **live)
+    return dataclasses.replace(cfg, **changes)
+
+
+_NAMED_SOURCES = ("embedded", "tiny")
+"""Model and corpus names that are not paths even if a directory of that name happens to exist here."""
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))

@@ -66,15 +66,27 @@ def list_runs(runs_dir: str | Path) -> list[RunInfo]:
     return found
 
 
-def _candidate_dirs(directory: Path, depth: int) -> list[Path]:
-    if _is_run(directory):
-        return [directory]  # a run's own sub-directories are its checkpoints, never other runs
-    if depth >= MAX_DEPTH:
+def _candidate_dirs(directory: Path, depth: int, root: Path | None = None) -> list[Path]:
+    """Run directories below `directory`. Symlinks that lead outside the root are not followed, and a
+    directory that cannot be read (e.g. under /proc) is skipped, so discovery never leaves the root."""
+    root = root or directory.resolve()
+    try:
+        if _is_run(directory):
+            return [directory]  # a run's own sub-directories are its checkpoints, never other runs
+        children = sorted(directory.iterdir()) if depth < MAX_DEPTH else []
+    except OSError as err:
+        logger.debug("skipping %s: %s", directory, err)
         return []
     out: list[Path] = []
-    for child in directory.iterdir():
-        if child.is_dir() and not child.name.startswith(".") and child.name not in _NOT_RUNS:
-            out += _candidate_dirs(child, depth + 1)
+    for child in children:
+        if child.name.startswith(".") or child.name in _NOT_RUNS:
+            continue
+        try:
+            inside = child.is_dir() and child.resolve().is_relative_to(root)
+        except OSError:
+            continue
+        if inside:
+            out += _candidate_dirs(child, depth + 1, root)
     return out
 
 

@@ -5,7 +5,7 @@ from a session-built template), and asserts what the README promises for bad inp
 log line at ERROR naming the offending key or file and a fix, no traceback, and no existing file changed
 (every file of the sandbox is hashed before and after; new files are allowed only where the case says).
 
-    CASES = [Case("yaml syntax", ["train", "{sandbox}/bad.yaml"], "not valid YAML", setup=write("bad.yaml", "a: [")]
+    CASES = [Case("yaml", ["train", "{sandbox}/bad.yaml"], "not valid YAML", setup=write("bad.yaml", "a: ["))]
     @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
     def test_bad_input(case, sandbox): run_case(case, sandbox)
 

@@ -5,8 +5,10 @@ page that shows the wrong latent, run or numbers fails.
 """
 
 import json
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from saekit.analysis import LatentIndex, coefficient_sweep, encode_text, steer
 from saekit.analysis.dead import run_timeline
+from saekit.app_launcher import RUNS_ENV
 from saekit.runs import load_eval, load_metrics, load_run_model, load_run_sae
 
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
@@ -36,12 +39,27 @@ def model_and_sae(runs_dir):
     return load_run_model(runs_dir / TOPK_RUN), load_run_sae(runs_dir / TOPK_RUN)
 
 
+@contextmanager
+def started_with(runs_dir: Path):
+    """The app's start directory, as `saekit app RUNS_DIR` passes it (read on a session's first run)."""
+    old = os.environ.get(RUNS_ENV)
+    os.environ[RUNS_ENV] = str(runs_dir)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(RUNS_ENV)
+        else:
+            os.environ[RUNS_ENV] = old
+
+
 def open_app(runs_dir: Path, page: str | None = None, run: str | None = None) -> AppTest:
+    """The app started with RUNS_DIR = `runs_dir` (it serves nothing outside it)."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state["app_runs_dir"] = str(runs_dir)
     if run is not None:
         at.session_state["app_run"] = run
-    at.run()
+    with started_with(runs_dir):
+        at.run()
     if page is not None:
         at.switch_page(f"pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]

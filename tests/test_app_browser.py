@@ -97,7 +97,7 @@ def screenshot(page, name: str) -> None:
 def open_page(page, title: str) -> None:
     """Click a navigation link and wait for that page's title."""
     page.get_by_role("link", name=title, exact=True).first.click()
-    page.get_by_role("heading", name=title if title != "Compare" else "Compare runs").wait_for()
+    page.get_by_role("heading", name=title if title != "Compare" else "Compare runs", exact=True).wait_for()
 
 
 def test_every_page_in_a_real_browser(server, browser_page):

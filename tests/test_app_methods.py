@@ -35,9 +35,9 @@ def jumprelu_runs(bad_input_template, tmp_path_factory):
 
 
 @pytest.mark.parametrize("page", [None, "latents", "steering", "dead_latents", "compare"])
-def test_every_page_renders_a_jumprelu_run(jumprelu_runs, page):
+def test_every_page_renders_a_jumprelu_run(jumprelu_runs, page, monkeypatch):
     at = AppTest.from_file(str(APP), default_timeout=120)
-    at.session_state["app_runs_dir"] = str(jumprelu_runs)
+    monkeypatch.setenv("SAEKIT_RUNS_DIR", str(jumprelu_runs))  # the app serves only its start directory
     at.session_state["app_run"] = "jr"
     at.run()
     if page is not None:

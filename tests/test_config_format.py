@@ -91,14 +91,18 @@ def test_old_style_yaml_gets_a_one_line_fix(tmp_path):
         load_config(TrainConfig, old)
 
 
-def test_method_keys_may_sit_under_sae_or_sae_params_but_not_both(tmp_path):
+def test_method_keys_may_sit_under_sae_or_sae_params_and_direct_keys_win(tmp_path):
     flat = load_config(TrainConfig, None, ["sae.method=batchtopk", "sae.k=16", "sae.threshold_ema=0.5"])
     nested = load_config(
         TrainConfig, None, ["sae.method=batchtopk", "sae.params.k=16", "sae.params.threshold_ema=0.5"]
     )
     assert flat.sae == nested.sae == SaeConfig.make("batchtopk", k=16, threshold_ema=0.5)
-    with pytest.raises(ConfigError, match="both"):
-        load_config(TrainConfig, None, ["sae.k=16", "sae.params.k=8"])
+    assert load_config(TrainConfig, None, ["sae.k=16", "sae.params.k=8"]).sae.params.k == 16
+    saved = tmp_path / "saved.yaml"
+    from saekit.config import save_config
+
+    save_config(nested, saved)  # writes sae.params.k
+    assert load_config(TrainConfig, saved, ["sae.k=2"]).sae.params.k == 2
     with pytest.raises(ConfigError, match="did you mean 'sae.k'"):
         load_config(TrainConfig, None, ["sae.kk=16"])
     with pytest.raises(ConfigError, match="did you mean 'batchtopk'"):

@@ -1,13 +1,22 @@
-"""`sae.encoder_bf16`: the dense encoder GEMM in bf16, everything else (weights, gradients, Adam) in fp32."""
+"""`sae.encoder_bf16`: the dense encoder GEMM in bf16, everything else (weights, gradients, Adam) in fp32.
+
+The native-bf16 probe is forced to True, so the bf16 path runs (emulated where the CPU lacks bf16) on
+every machine; the fp32 fallback is tested in test_model_names_and_bf16.py."""
 
 import pytest
 import torch
 
+import saekit.sae.precision as precision
 from saekit.config import SaeConfig
 from saekit.sae import Sae, init_sae_from_data_, make_objective, mse_scale_from_sample
 from saekit.synthetic import SparseDictionaryData
 from saekit.train.step import training_step
 from saekit.types import Batch
+
+
+@pytest.fixture(autouse=True)
+def _bf16_is_native(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16_gemm", lambda device: True)
 
 
 def pair(method="topk", **kw):

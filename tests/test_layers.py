@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("saekit.config_io",),
     ("saekit.kernels",),
     ("saekit.sae",),
-    ("saekit.config",),
+    ("saekit.config", "saekit.config_checks"),
     ("saekit.data",),
     ("saekit.models",),
     ("saekit.activations",),

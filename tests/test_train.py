@@ -110,9 +110,16 @@ def test_resume_on_a_cache_of_another_width_fails(tiny_cache, tmp_path):
             out_dir=str(other),
         )
     )
-    train(_cfg(tiny_cache, tmp_path / "run", total_tokens=128 * 4))
-    with pytest.raises(DataError, match="d_in="):
+    import shutil
+
+    cache = shutil.copytree(tiny_cache, tmp_path / "cache")
+    train(_cfg(cache, tmp_path / "run", total_tokens=128 * 4))
+    with pytest.raises(RunDirError, match="cache_dir: run has"):  # another cache is another run
         train(_cfg(other, tmp_path / "run", total_tokens=128 * 8), resume=True)
+    shutil.rmtree(cache)  # the same path re-collected at another width: caught by the shapes
+    shutil.copytree(other, cache)
+    with pytest.raises(DataError, match="d_in="):
+        train(_cfg(cache, tmp_path / "run", total_tokens=128 * 8), resume=True)
 
 
 def test_live_mode_trains_straight_from_the_model(tmp_path):

@@ -5,6 +5,7 @@ from disk are `st.cache_data`, keyed by the file's modification time so a re-run
 `saekit index` shows up on the next rerun. App-level session keys start with `app_`.
 
     run = selected_run()                  # RunInfo of the sidebar selection, or None (message shown)
+    runs_root()                           # the directory the app serves; nothing outside it is listed
     index = load_index(run)               # LatentIndex, or None (with the command to build it)
     model, sae = load_model_and_sae(run)   # cached per model name / SAE file; None after an error
 """
@@ -20,7 +21,7 @@ from typing import Any
 import streamlit as st
 
 from saekit.analysis import LatentIndex, SteeringResult, coefficient_sweep, encode_text, output_score, steer
-from saekit.errors import SaekitError
+from saekit.errors import RunDirError, SaekitError
 from saekit.eval.metrics import log_density_histogram
 from saekit.rundir import RunDir
 from saekit.runs import RunInfo, list_runs, load_eval, load_metrics, load_run_sae, run_model_name
@@ -41,6 +42,38 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else 0.0
 
 
+def runs_root() -> Path:
+    """The directory the app was started with, resolved once per session: nothing outside it is listed.
+
+    Kept in a session key that no widget writes, so the browser cannot change it."""
+    if "app_runs_root" not in st.session_state:
+        st.session_state["app_runs_root"] = str(Path(runs_dir_argument()).expanduser().resolve())
+    return Path(st.session_state["app_runs_root"])
+
+
+def confine(runs_dir: str) -> Path:
+    """`runs_dir` (relative ones taken from the root) resolved, `..` and symlinks included; SaekitError
+    when it leaves the directory the app was started with (RunDirError)."""
+    root = runs_root()
+    try:
+        path = Path(runs_dir.strip() or root).expanduser()
+        resolved = (path if path.is_absolute() else root / path).resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # symlink loop, NUL byte in the text
+        raise RunDirError(
+            f"cannot use {runs_dir!r} as a runs directory ({err}); enter a path inside {root}"
+        ) from None
+    if not _inside(root, resolved):
+        raise RunDirError(
+            f"{runs_dir} is outside {root}, the runs directory this app was started with; enter a "
+            "directory inside it, or restart the app with `saekit app DIR` to serve another"
+        )
+    return resolved
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path == root or root in path.parents
+
+
 @st.cache_data(ttl=30, show_spinner=False)
 def _cached_runs(runs_dir: str) -> list[RunInfo]:
     # short ttl: new runs appear within half a minute without restarting the app
@@ -48,11 +81,23 @@ def _cached_runs(runs_dir: str) -> list[RunInfo]:
 
 
 def discover_runs(runs_dir: str) -> tuple[list[RunInfo], str | None]:
-    """(runs, error message); the message carries the fix from `saekit.runs`."""
+    """(runs inside the app's root, error message); the message carries the fix from `saekit.runs`."""
     try:
-        return _cached_runs(str(Path(runs_dir).expanduser().resolve())), None
+        directory = confine(runs_dir)
+        runs = _cached_runs(str(directory))
     except SaekitError as err:
         return [], str(err)
+    except (OSError, RuntimeError) as err:  # an unreadable or looping directory below it
+        return [], f"cannot list runs under {runs_dir} ({type(err).__name__}: {err}); pick another directory"
+    root, seen, inside = runs_root(), set(), []
+    for run in runs:  # sorted by name: a run reached again through a symlink keeps its shortest name
+        real = run.path.resolve()
+        if _inside(root, real) and real not in seen:  # a symlinked run may point outside the root
+            seen.add(real)
+            inside.append(run)
+    if runs and not inside:
+        return [], f"every run under {runs_dir} links outside {root}, the directory this app serves"
+    return inside, None
 
 
 def _keep(widget_key: str, store_key: str) -> None:
@@ -64,10 +109,10 @@ def sidebar_run_picker() -> None:
 
     The choices live in plain session keys (`app_runs_dir`, `app_run`) copied from the widgets on change:
     Streamlit drops a widget's state on a run that does not render it (page switches included), while a
-    plain key persists for the whole session.
+    plain key persists for the whole session. The box only accepts directories inside `runs_root()`.
     """
     if "app_runs_dir" not in st.session_state:
-        st.session_state["app_runs_dir"] = runs_dir_argument()
+        st.session_state["app_runs_dir"] = str(runs_root())
     st.session_state["app_runs_dir_box"] = st.session_state["app_runs_dir"]
     st.sidebar.text_input(
         "Runs directory", key="app_runs_dir_box", on_change=_keep, args=("app_runs_dir_box", "app_runs_dir")
@@ -75,9 +120,7 @@ def sidebar_run_picker() -> None:
     runs, error = discover_runs(st.session_state["app_runs_dir"])
     if error:
         st.sidebar.error(error)
-        st.session_state["app_run_error"] = error
         return
-    st.session_state.pop("app_run_error", None)
     names = [run.name for run in runs]
     if st.session_state.get("app_run") not in names:
         st.session_state["app_run"] = names[0]
@@ -88,15 +131,18 @@ def sidebar_run_picker() -> None:
         st.sidebar.warning(f"config.yaml of {run.name} is unreadable: {run.error}")
 
 
+def current_runs() -> tuple[list[RunInfo], str | None]:
+    """(runs, error) of the directory chosen in the sidebar (the start directory until one is typed)."""
+    return discover_runs(st.session_state.get("app_runs_dir") or str(runs_root()))
+
+
 def all_runs() -> list[RunInfo]:
-    runs, _ = discover_runs(st.session_state.get("app_runs_dir") or runs_dir_argument())
-    return runs
+    return current_runs()[0]
 
 
 def selected_run() -> RunInfo | None:
-    """The sidebar's run, or None after showing why there is none (missing/empty runs dir)."""
-    error = st.session_state.get("app_run_error")
-    runs = all_runs()
+    """The sidebar's run, or None after showing why there is none (missing, empty or refused runs dir)."""
+    runs, error = current_runs()
     if error or not runs:
         st.error(error or "no runs found")
         return None

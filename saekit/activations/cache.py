@@ -45,27 +45,122 @@ def shard_name(index: int) -> str:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """Parse `<directory>/manifest.json`, raising CacheError (with the fix) if absent or malformed."""
+    """Parse `<directory>/manifest.json`, raising CacheError (with the fix) if absent or malformed: every
+    key the readers use is type-checked here, so a damaged manifest never surfaces as a TypeError later."""
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
         raise CacheError(
             f"no activation cache at {directory} ({MANIFEST_NAME} missing); run `saekit collect`"
         )
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CacheError(f"{path} is not valid JSON ({err}); delete {directory} and {RESUME_HINT}") from None
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise CacheError(f"{path} is not valid JSON ({err}); {_rebuild_hint(directory)}") from None
+    except OSError as err:
+        raise CacheError(f"cannot read {path} ({err.strerror}); check its permissions") from None
+    check_manifest(path, manifest)
+    return manifest
+
+
+def _rebuild_hint(directory: Path) -> str:
+    return f"delete {directory} and re-run `saekit collect` to rebuild it"
+
+
+def check_manifest(path: Path, manifest: Any) -> None:
+    """CacheError naming the first missing or mistyped key of a parsed manifest (see `_MANIFEST_KEYS`)."""
+    directory = Path(path).parent
+    if not isinstance(manifest, dict):
+        raise CacheError(
+            f"{path} holds a JSON {type(manifest).__name__}, not a manifest object; "
+            f"{_rebuild_hint(directory)}"
+        )
     missing = [key for key in _REQUIRED_KEYS if key not in manifest]
     if missing:
         raise CacheError(
-            f"{path} lacks {missing}; it was not written by saekit collect. Delete it and re-run"
+            f"{path} lacks {missing}; it was not written by saekit collect. {_rebuild_hint(directory)}"
         )
-    if manifest["format_version"] > FORMAT_VERSION:
+    version = manifest["format_version"]
+    if not _is_int(version) or version < 1:
+        _bad_key(path, "format_version", "a positive integer", version)
+    if version > FORMAT_VERSION:
         raise CacheError(
-            f"{path} has cache format {manifest['format_version']}, newer than this saekit reads "
-            f"({FORMAT_VERSION}); upgrade saekit"
+            f"{path} has cache format {version}, newer than this saekit reads ({FORMAT_VERSION}); "
+            "upgrade saekit"
         )
-    return manifest
+    for key, (ok, expected) in _MANIFEST_KEYS.items():
+        if key in manifest and not ok(manifest[key]):
+            _bad_key(path, key, expected, manifest[key])
+    for index, entry in enumerate(manifest["shards"]):
+        if not isinstance(entry, dict):
+            _bad_key(path, f"shards[{index}]", "an object", entry)
+        for key, (ok, expected) in _SHARD_KEYS.items():
+            if (key in entry or key in _REQUIRED_SHARD_KEYS) and not ok(entry.get(key)):
+                _bad_key(path, f"shards[{index}].{key}", expected, entry.get(key))
+    listed = sum(entry["tokens"] for entry in manifest["shards"])
+    if listed != manifest["num_tokens"]:
+        raise CacheError(
+            f"{path}: key 'num_tokens' is {manifest['num_tokens']} but the shards hold {listed} rows; "
+            f"{_rebuild_hint(directory)}"
+        )
+    mean = (manifest.get("norm_stats") or {}).get("mean")
+    if mean is not None and (not isinstance(mean, list) or len(mean) != manifest["d_in"]):
+        _bad_key(path, "norm_stats.mean", f"a list of d_in={manifest['d_in']} numbers", mean)
+
+
+def _bad_key(path: Path, key: str, expected: str, value: Any) -> None:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise CacheError(
+        f"{path}: key '{key}' must be {expected}, got {shown}; the manifest is damaged or was not written by "
+        f"saekit -- {_rebuild_hint(Path(path).parent)}"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _optional(check: Any) -> Any:
+    return lambda value: value is None or check(value)
+
+
+def _is_plain_file_name(value: Any) -> bool:
+    # a shard name that walks out of the cache directory (../x, /etc/x) is never one saekit wrote
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+
+
+_DTYPES = ("float32", "float16", "bfloat16")
+_MANIFEST_KEYS: dict[str, tuple[Any, str]] = {
+    "hookpoint": (lambda v: isinstance(v, str) and bool(v), "a hook name (string)"),
+    "d_in": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "dtype": (lambda v: v in _DTYPES, f"one of {list(_DTYPES)}"),
+    "grads_dtype": (lambda v: v in _DTYPES, f"one of {list(_DTYPES)}"),
+    "shards": (lambda v: isinstance(v, list), "a list of shard entries"),
+    "num_tokens": (_is_count, "an integer >= 0"),
+    "has_grads": (lambda v: isinstance(v, bool), "true or false"),
+    "complete": (lambda v: isinstance(v, bool), "true or false"),
+    "shard_tokens": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "context_length": (_optional(lambda v: _is_int(v) and v >= 2), "an integer >= 2"),
+    "collect_config": (_optional(lambda v: isinstance(v, dict)), "an object (or null)"),
+    "norm_stats": (_optional(lambda v: isinstance(v, dict)), "an object (or null)"),
+    "excluded_positions": (_optional(lambda v: isinstance(v, dict)), "an object (or null)"),
+    "num_sequences": (_optional(_is_count), "an integer >= 0 (or null)"),
+    "next_sequence": (_optional(_is_count), "an integer >= 0 (or null)"),
+    "first_sequence": (_optional(_is_count), "an integer >= 0 (or null)"),
+    "model_id": (_optional(lambda v: isinstance(v, str)), "a string"),
+}
+_REQUIRED_SHARD_KEYS = ("file", "tokens", "sha256")
+_SHARD_KEYS: dict[str, tuple[Any, str]] = {
+    "file": (_is_plain_file_name, "a file name inside the cache directory"),
+    "tokens": (_is_count, "an integer >= 0"),
+    "sha256": (lambda v: isinstance(v, str) and len(v) == 64, "a sha256 hex digest (64 characters)"),
+    "bytes": (_optional(_is_count), "an integer >= 0"),
+    "first_seq_id": (_optional(_is_count), "an integer >= 0"),
+}
 
 
 class ActivationCache:

@@ -31,6 +31,7 @@ from saekit.activations.cache import MANIFEST_NAME, read_manifest
 from saekit.activations.rows import (
     RowBlock,
     SequenceBatch,
+    check_context_length,
     check_finite,
     corpora,
     iter_sequence_batches,
@@ -40,7 +41,8 @@ from saekit.activations.rows import (
 )
 from saekit.activations.writer import CacheWriter
 from saekit.config import CollectConfig, to_dict
-from saekit.errors import CacheError, CorpusError, HookpointError
+from saekit.config_checks import require_device
+from saekit.errors import CacheError, CorpusError, HookpointError, check_directory_target
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +72,18 @@ def collect(cfg: CollectConfig, model: Any = None, *, progress: bool = True) -> 
     written. A complete existing cache with the same identity is verified (sha256 of every shard) and
     returned; a damaged one is re-collected from its first bad shard on.
     """
-    if model is None:
-        model = model_seam().load_model(cfg.model, device=cfg.device)
     hookpoints = list(dict.fromkeys(cfg.hookpoints))
     for hook in hookpoints:
         if "/" in hook or hook.startswith("."):
             raise HookpointError(
                 f"hook point {hook!r} cannot be a directory name; use a TransformerLens hook name"
             )
+        check_directory_target(Path(cfg.out_dir) / hook, "out_dir")
+    if model is None:
+        require_device(cfg.device, "device")
+        model = model_seam().load_model(cfg.model, device=cfg.device)
     model_seam().validate_hookpoints(model, hookpoints)
+    check_context_length(model, cfg.context_length)
     headers = _headers(cfg, model, hookpoints)
     writers = {hook: _open_writer(Path(cfg.out_dir) / hook, headers[hook]) for hook in hookpoints}
     dirs = {hook: w.directory for hook, w in writers.items()}

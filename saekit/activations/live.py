@@ -26,6 +26,7 @@ from torch import Tensor
 
 from saekit.activations.rows import (
     SequenceBatch,
+    check_context_length,
     check_finite,
     iter_sequence_batches,
     keep_mask,
@@ -34,6 +35,7 @@ from saekit.activations.rows import (
 )
 from saekit.activations.shuffle import derive_seed
 from saekit.config import CollectConfig
+from saekit.config_checks import require_device
 from saekit.errors import CorpusError
 from saekit.types import Batch
 
@@ -55,8 +57,12 @@ class LiveStream:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.cfg, self.hookpoint, self.batch_size = cfg, hookpoint, batch_size
-        self.model = model if model is not None else model_seam().load_model(cfg.model, device=cfg.device)
+        if model is None:
+            require_device(cfg.device, "live.device")
+            model = model_seam().load_model(cfg.model, device=cfg.device)
+        self.model = model
         model_seam().validate_hookpoints(self.model, [hookpoint])
+        check_context_length(self.model, cfg.context_length, "live.context_length")
         # At least two batches so that every refill emits one; 8 by default for mixing across sequences.
         self.buffer_tokens = max(buffer_tokens or 8 * batch_size, 2 * batch_size)
         self.seed = cfg.seed

@@ -21,7 +21,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saekit.config import CollectConfig
-from saekit.errors import DataError
+from saekit.errors import ConfigError, DataError
 
 
 def model_seam():
@@ -37,6 +37,15 @@ def corpora():
     from saekit import data
 
     return data
+
+
+def check_context_length(model: Any, context_length: int, key: str = "context_length") -> None:
+    """ConfigError when sequences would be longer than the model's position table (n_ctx)."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if isinstance(n_ctx, int) and context_length > n_ctx:
+        raise ConfigError(
+            f"{key}={context_length} exceeds the model's context of {n_ctx} tokens; set {key}={n_ctx} or less"
+        )
 
 
 @dataclass

@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
 
 from saekit.activations.cache import FORMAT_VERSION, MANIFEST_NAME, ActivationCache, read_manifest, shard_name
-from saekit.errors import CacheError
+from saekit.errors import CacheError, as_resource_error
 from saekit.io import atomic_path, atomic_write_json, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,18 @@ _STATS_CHUNK = 8192
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+
+
+def _save_shard(tensors: dict[str, Tensor], tmp: Path) -> None:
+    """`save_file`, whose OS failures (a full disk) arrive as text in a SafetensorError: re-raised as the
+    one-line ResourceError (the manifest still lists only whole shards, so a re-run resumes)."""
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    except SafetensorError as err:
+        resource = as_resource_error(err)
+        if resource is None:
+            raise
+        raise resource from err
 
 
 class NormStats:
@@ -81,7 +94,7 @@ class CacheWriter:
         self._pending: list[dict[str, Tensor]] = []
         self._pending_rows = 0
         self._acts_dtype = getattr(torch, manifest["dtype"])
-        self._grads_dtype = getattr(torch, manifest["grads_dtype"])
+        self._grads_dtype = getattr(torch, manifest.get("grads_dtype") or grads_dtype_for(manifest["dtype"]))
 
     @classmethod
     def create(cls, directory: Path, header: dict[str, Any]) -> CacheWriter:
@@ -201,7 +214,7 @@ class CacheWriter:
         with atomic_path(path) as tmp:
             # One metadata key only: safetensors orders metadata keys arbitrarily, and identical rows must
             # give identical bytes (and hashes) so a resumed cache is indistinguishable from a clean one.
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+            _save_shard(tensors, tmp)
             os.chmod(tmp, _FILE_MODE)  # safetensors creates 0600 files; caches are meant to be shared
             digest, size = sha256_file(tmp), tmp.stat().st_size
         rows = int(tensors["acts"].shape[0])

@@ -36,6 +36,7 @@ from saekit.analysis.format import HISTOGRAM_BINS, INDEX_FORMAT_VERSION, NEUTRAL
 from saekit.analysis.scan import IndexSettings, ScanResult, scan_activations
 from saekit.analysis.scores import OUTPUT_AMP
 from saekit.config import EvalConfig
+from saekit.errors import check_directory_target
 from saekit.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def build_index(
     )
     run_dir = Path(run_dir)
     run = open_run(run_dir, settings, model)
+    check_directory_target(RunDir(run_dir).index_dir, "run")  # before the scan, not at its end
     start = time.perf_counter()
     scan = scan_activations(run.model, run.sae, run.tokens, settings, progress=progress)
     scan_seconds = time.perf_counter() - start
@@ -113,7 +115,7 @@ class IndexedRun:
 
 def open_run(run_dir: Path, settings: IndexSettings, model: Any = None) -> IndexedRun:
     """Load the SAE and (unless given) the model, and cut the held-out text, as `saekit eval` does."""
-    from saekit.eval.evaluate import heldout_tokens, plan_heldout
+    from saekit.eval.evaluate import check_model_fits_sae, heldout_tokens, plan_heldout
 
     run = RunDir(run_dir)
     train_cfg = run.load_config()
@@ -126,6 +128,7 @@ def open_run(run_dir: Path, settings: IndexSettings, model: Any = None) -> Index
 
         model = load_model(plan.model)
     _check_model(model, sae)
+    check_model_fits_sae(model, sae, plan.context_length)
     sae = sae.to(_device_of(model))
     tokens = heldout_tokens(model, plan, settings.num_sequences)
     logger.info(

@@ -2,7 +2,8 @@
 
 saekit bench                                   # d_in=768, d_sae∈{16384,32768}, k∈{32,64}, B=4096
 saekit bench d_sae=4096 k=16 batch=1024 reps=3 memory=false
-saekit bench bf16=true                         # saekit's encoder GEMM in bf16 (sae.encoder_bf16)
+saekit bench bf16=true                         # saekit's encoder GEMM in bf16 (sae.encoder_bf16), where
+                                               # native; the output says which dtype actually ran
 saekit bench method=batchtopk d_sae=16384 k=32   # another method's training step
 """
 
@@ -16,6 +17,7 @@ import torch
 from saekit.bench.memory import measure_in_subprocess
 from saekit.bench.step import StepBenchConfig, time_step_ratios
 from saekit.config import BenchConfig
+from saekit.sae.precision import SLOWDOWN_NOTE
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +30,14 @@ def run_bench(cfg: BenchConfig) -> str:
     lines = [
         f"saekit bench: method={cfg.method} backend={kernel_backend()} threads={torch.get_num_threads()} "
         f"cpu={cpu_description()} fp32"
-        f"{' (saekit encoder GEMM in bf16)' if bf16 else ''}; times are "
+        f"{' (saekit encoder GEMM in bf16 requested)' if bf16 else ''}; times are "
         "medians of interleaved repetitions; ratios are to one encoder GEMM [B,d_in]x[d_in,d_sae] into a "
         "fresh output (step/warm: to the same GEMM into a preallocated output)",
         f"{'d_sae':>6} {'k':>3} {'B':>5} | {'gemm ms':>8} {'step':>6} {'+auxk':>6} {'dense':>6} "
         f"{'dense/saekit':>12} {'step/warm':>9} | peak MiB (budget): saekit / +auxk / dense",
     ]
     peaks: dict[int, list[tuple[int, float, float]]] = {}
+    bf16_ran: set[bool] = set()
     for d_sae, k in itertools.product(cfg.d_sae, cfg.k):
         step_cfg = StepBenchConfig(
             d_in=cfg.d_in,
@@ -46,13 +49,16 @@ def run_bench(cfg: BenchConfig) -> str:
             method=cfg.method,
         )
         logger.info("timing d_sae=%d k=%d", d_sae, k)
-        row = _timing_row(step_cfg, time_step_ratios(step_cfg, include_dense=with_dense), with_dense)
+        timings = time_step_ratios(step_cfg, include_dense=with_dense)
+        bf16_ran.add(timings["encoder_bf16_ran"] == 1.0)
+        row = _timing_row(step_cfg, timings, with_dense)
         if with_memory:
             variants = ["saekit", "saekit_auxk"] + (["dense"] if with_dense else [])
             mems = [measure_in_subprocess(v, step_cfg) for v in variants]
             row += " " + " / ".join(f"{m['peak_mib']:.0f}" for m in mems) + f" ({mems[0]['budget_mib']:.0f})"
             peaks.setdefault(k, []).append((d_sae, mems[0]["peak_mib"], mems[0]["budget_mib"]))
         lines.append(row)
+    lines.append(encoder_path_line(bf16, bf16_ran))
     lines += _memory_growth_lines(peaks)
     lines.append(
         "targets (issue 3): step ≤ 1.35× GEMM at d_sae=16384,k=32; +auxk ≤ 1.5× with 1% dead; "
@@ -60,6 +66,20 @@ def run_bench(cfg: BenchConfig) -> str:
         "[B,d_sae] tensor)"
     )
     return "\n".join(lines)
+
+
+def encoder_path_line(requested: bool, ran: set[bool]) -> str:
+    """Which dtype saekit's encoder GEMM actually ran in during the timed steps."""
+    if ran == {True}:
+        return "encoder GEMM ran in: bf16 (native on this machine)"
+    if ran == {False} and requested:
+        return (
+            "encoder GEMM ran in: fp32 — bf16 was requested but is not native on this CPU, so saekit kept "
+            f"fp32 ({SLOWDOWN_NOTE})"
+        )
+    if ran == {False}:
+        return "encoder GEMM ran in: fp32"
+    return "encoder GEMM ran in: bf16 for some rows, fp32 for others"
 
 
 def cpu_description() -> str:

@@ -32,7 +32,8 @@ class StepBenchConfig:
     warmup: int = 1
     seed: int = 0
     encoder_bf16: bool = False
-    """saekit's step with `sae.encoder_bf16` (ratios stay relative to the fp32 GEMM)."""
+    """saekit's step with `sae.encoder_bf16` (ratios stay relative to the fp32 GEMM); it runs in fp32 where
+    bf16 is not native (`saekit.sae.precision`), and `encoder_bf16_ran` in the result says which ran."""
     method: str = "topk"
     """saekit method whose step is timed (its L0 key is set to k)."""
 
@@ -62,6 +63,7 @@ def make_saekit_step(cfg: StepBenchConfig, x: torch.Tensor, with_aux: bool) -> C
     def step() -> None:
         training_step(sae, objective, optimizer, batch, mse_scale=1.0, tracker=tracker)
 
+    step.sae = sae  # type: ignore[attr-defined]  (read back: which encoder GEMM dtype actually ran)
     return step
 
 
@@ -131,6 +133,8 @@ def time_step_ratios(cfg: StepBenchConfig, include_dense: bool = True) -> dict[s
         if name != "gemm":
             result[f"{name}_ratio"] = t / medians["gemm"]
     result["saekit_over_warm_gemm"] = medians["saekit"] / medians["gemm_warm"]
+    ran = variants["saekit"].sae.encoder_gemm_ran  # type: ignore[attr-defined]
+    result["encoder_bf16_ran"] = 1.0 if ran == torch.bfloat16 else 0.0
     if include_dense:
         result["dense_over_saekit"] = medians["dense"] / medians["saekit"]
     return result

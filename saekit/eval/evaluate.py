@@ -23,7 +23,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from saekit.config import EvalConfig, TrainConfig, to_dict
-from saekit.errors import CorpusError, RunDirError
+from saekit.config_checks import require_device
+from saekit.errors import CorpusError, DataError, RunDirError, check_directory_target
 from saekit.eval.cached_rows import cached_row_metrics, iter_last_rows
 from saekit.eval.grad_modes import SELECTION_MODE_METRICS
 from saekit.eval.levels import level_metrics, level_report
@@ -132,6 +133,11 @@ def heldout_tokens(model: Any, plan: HeldOutText, num_sequences: int) -> Int[Ten
             f"no held-out text in {plan.corpus} after skipping the {plan.skip_sequences} sequences used for "
             f"training ({err}); pass corpus=OTHER_CORPUS to eval, or collect fewer tokens"
         ) from None
+    if not seqs:
+        raise CorpusError(
+            f"no held-out text in {plan.corpus} after skipping {plan.skip_sequences} sequences; pass "
+            "corpus=OTHER_CORPUS to eval, or collect fewer tokens"
+        )
     if len(seqs) < num_sequences:
         logger.warning(
             "only %d of %d held-out sequences available in %s", len(seqs), num_sequences, plan.corpus
@@ -160,13 +166,20 @@ def mean_activation(model: Any, tokens: Tensor, hookpoint: str, batch_size: int)
 
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: Any = None) -> dict[str, Any]:
     """Evaluate the SAE of a run directory; writes `<run>/eval.json` atomically and returns its content."""
+    require_device(cfg.device, "device")
     run = RunDir(run_dir)
     train_cfg = run.load_config()
+    check_directory_target(run.eval_path.parent, "run")  # eval.json is written at the very end
     checkpoint = run.sae_dir()
     sae = run.load_sae(device=cfg.device).eval()
     logger.info("evaluating %s (%s, d_sae=%d) at %s", checkpoint, sae.cfg.method, sae.d_sae, sae.hookpoint)
 
     cache = _open_training_cache(train_cfg)
+    if cache is not None and cache.d_in != sae.d_in:
+        raise DataError(
+            f"the cache at {cache.directory} has d_in={cache.d_in} but the SAE in {checkpoint} has "
+            f"d_in={sae.d_in}; point the run's cache_dir at the cache it was trained on"
+        )
     cached = None
     if cache is not None:
         cached = cached_row_metrics(cache, sae, cfg.max_eval_rows, cfg.dense_threshold)
@@ -176,6 +189,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
 
         model = load_model(plan.model, device=cfg.device)
     _warn_if_other_model(model, sae)
+    check_model_fits_sae(model, sae, plan.context_length)
     tokens = heldout_tokens(model, plan, cfg.num_sequences)
     mean_act, mean_source = _ablation_mean(cache, cached)
     if mean_act is None:
@@ -197,6 +211,23 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
     atomic_write_json(run.eval_path, result)
     logger.info("wrote %s", run.eval_path)
     return result
+
+
+def check_model_fits_sae(model: Any, sae: Any, context_length: int) -> None:
+    """The SAE's hook point exists in `model` with width d_in, and `context_length` fits the model's
+    position table; checked on a 2-token probe before any long pass."""
+    from saekit.activations.rows import check_context_length
+    from saekit.models import bos_token_id, capture, validate_hookpoints
+
+    validate_hookpoints(model, [sae.hookpoint])
+    check_context_length(model, context_length)
+    bos = bos_token_id(model)
+    width = int(capture(model, torch.tensor([[bos, bos]]), [sae.hookpoint]).acts[sae.hookpoint].shape[-1])
+    if width != sae.d_in:
+        raise DataError(
+            f"the model's {sae.hookpoint} has width {width} but the SAE has d_in={sae.d_in}; evaluate with "
+            "the model the SAE was trained on (model=... or the run's cache manifest)"
+        )
 
 
 def _warn_if_other_model(model: Any, sae: Any) -> None:

@@ -5,7 +5,16 @@ names, captures activations (and gradients) in one early-stopped pass, and splic
 
     model = load_model("embedded")
     cap = capture(model, tokens, ["blocks.9.hook_resid_post"])      # cap.acts[name]: [B, T, 576] fp32
+
+Importing this package puts the process in Hugging Face offline mode unless the user chose otherwise
+(`saekit.models.offline`): it must happen before TransformerLens imports transformers, hence first here.
 """
+
+from saekit.models.offline import apply_offline_default
+
+apply_offline_default()
+
+# ruff: noqa: E402  (the imports below must follow apply_offline_default)
 
 from saekit.models.hooks import (
     Capture,
@@ -17,10 +26,11 @@ from saekit.models.hooks import (
     run_with_splice,
     validate_hookpoints,
 )
-from saekit.models.loading import load_model, load_spec, model_id
+from saekit.models.loading import BUILTIN_MODELS, load_model, load_spec, model_id
 from saekit.models.tokens import bos_token_id, special_token_ids, special_token_mask, tokenizer_of
 
 __all__ = [
+    "BUILTIN_MODELS",
     "Capture",
     "bos_token_id",
     "capture",

@@ -22,21 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from saekit.config_io import from_dict
 from saekit.errors import ConfigError, RunDirError
 from saekit.io import staged_directory
-from saekit.sae.config import SaeConfig, upgrade_sae_v1
+from saekit.sae.checkpoint_checks import (
+    FORMAT_VERSION,
+    REQUIRED,
+    check_memory,
+    check_shapes,
+    read_cfg_json,
+    read_weights_header,
+)
 from saekit.sae.model import Sae, make_activation
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
-_REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 def _saekit_version() -> str:
@@ -54,7 +58,7 @@ def save_sae(sae: Sae, path: str | Path) -> Path:
     """
     path = Path(path)
     with staged_directory(path) as tmp:
-        tensors = {name: getattr(sae, name).detach().float().contiguous().cpu() for name in _REQUIRED}
+        tensors = {name: getattr(sae, name).detach().float().contiguous().cpu() for name in REQUIRED}
         if sae.threshold is not None:
             tensors["threshold"] = sae.threshold.detach().float().contiguous().cpu()
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "saekit": "sae"})
@@ -80,7 +84,8 @@ def _cfg_json(sae: Sae) -> dict[str, Any]:
 
 
 def load_sae(path: str | Path, device: str | torch.device = "cpu", *, v1_objective: str | None = None) -> Sae:
-    """Load a checkpoint directory written by `save_sae`; missing or corrupt files raise RunDirError.
+    """Load a checkpoint directory written by `save_sae`; missing, corrupt, inconsistent or too-large
+    checkpoints raise RunDirError before any SAE-sized allocation (`saekit.sae.checkpoint_checks`).
 
     `v1_objective`: the training objective of a format-1 run (from its config.yaml), which its cfg.json did
     not record; it decides the method of such a checkpoint (see `upgrade_sae_v1`).
@@ -93,84 +98,55 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, v1_objecti
                 f"no SAE checkpoint at {path}: {f.name} is missing; point at a directory written by "
                 "Sae.save (e.g. runs/<name>/final or runs/<name>/checkpoints/step_*)"
             )
-    meta = _read_cfg_json(cfg_path, v1_objective)
-    try:
-        tensors = load_file(str(weights_path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise RunDirError(f"{weights_path} is corrupt or truncated ({err}); re-save or re-train it") from None
+    meta = read_cfg_json(cfg_path, v1_objective)
+    header = read_weights_header(weights_path)
+    check_shapes(meta, header, weights_path)
+    check_memory(meta, header, weights_path, device)
     try:
         sae = Sae(
-            meta["d_in"],
-            meta["cfg"],
-            act_scale=meta["act_scale"],
-            hookpoint=meta["hookpoint"],
-            model_id=meta["model_id"],
-            extra_cfg=meta["extra"],
+            meta.d_in,
+            meta.cfg,
+            act_scale=meta.act_scale,
+            hookpoint=meta.hookpoint,
+            model_id=meta.model_id,
+            extra_cfg=meta.extra,
         ).to(device)
     except ConfigError as err:
         raise RunDirError(
             f"{cfg_path} describes an SAE this saekit cannot build ({err}); if it uses a custom method, "
             "import the module that registers it before loading"
         ) from None
-    _load_tensors_(sae, tensors, weights_path)
+    _load_tensors_(sae, weights_path, header, device)
     # Inference mode by default: batch-coupled methods then use their learned thresholds, so a loaded
     # SAE never updates them or makes a token's code depend on its batch-mates. Call .train() to train.
     return sae.eval()
 
 
-def _read_cfg_json(cfg_path: Path, v1_objective: str | None = None) -> dict[str, Any]:
-    try:
-        raw = json.loads(cfg_path.read_text())
-        if not isinstance(raw, dict):
-            raise ValueError("top level is not an object")
-    except (OSError, ValueError) as err:
-        raise RunDirError(f"{cfg_path} is not valid JSON ({err}); re-save the checkpoint") from None
-    version = raw.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise RunDirError(
-            f"{cfg_path} has format_version {version!r}, newer than this saekit understands "
-            f"({FORMAT_VERSION}); upgrade saekit to load it"
-        )
-    if "d_in" not in raw or "sae" not in raw:
-        raise RunDirError(f"{cfg_path} lacks 'd_in' or 'sae'; it was not written by Sae.save")
-    try:
-        sae_raw = raw["sae"] if version >= 2 else upgrade_sae_v1(raw["sae"], v1_objective)
-        cfg = from_dict(SaeConfig, sae_raw, prefix="sae.")
-    except ConfigError as err:
-        custom = "unknown method" in str(err)
-        hint = "; if it uses a custom method, import the module that registers it first" if custom else ""
-        raise RunDirError(f"{cfg_path}: invalid SAE config ({err}){hint}") from None
-    # Keys patched explicitly when absent, so files that lack them stay loadable.
-    return {
-        "d_in": int(raw["d_in"]),
-        "cfg": cfg,
-        "act_scale": float(raw.get("act_scale", 1.0)),
-        "hookpoint": raw.get("hookpoint", ""),
-        "model_id": raw.get("model_id", ""),
-        "extra": raw.get("extra") or {},
-    }
-
-
 @torch.no_grad()
-def _load_tensors_(sae: Sae, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    missing = [name for name in _REQUIRED if name not in tensors]
-    if missing:
-        raise RunDirError(f"{source} lacks tensors {missing}; it was not written by Sae.save")
-    for name in _REQUIRED:
-        param = getattr(sae, name)
-        if tensors[name].shape != param.shape:
-            raise RunDirError(
-                f"{source}: {name} has shape {tuple(tensors[name].shape)} but cfg.json implies "
-                f"{tuple(param.shape)}; the two files do not belong together"
-            )
-        param.copy_(tensors[name])
-    if "threshold" in tensors:
-        if sae.threshold is None or tensors["threshold"].shape != (sae.d_sae,):
-            raise RunDirError(
-                f"{source}: threshold of shape {tuple(tensors['threshold'].shape)} does not fit method "
-                f"{sae.cfg.method!r} with d_sae={sae.d_sae}; the two files do not belong together"
-            )
-        sae.threshold.copy_(tensors["threshold"])
+def _load_tensors_(sae: Sae, source: Path, header: dict, device: str | torch.device) -> None:
+    """Copy the tensors in one at a time (peak: the SAE plus one tensor), checking the weights are finite."""
+    if "threshold" in header and sae.threshold is None:
+        raise RunDirError(
+            f"{source}: holds a threshold but method {sae.cfg.method!r} has none; the two files do not "
+            "belong together"
+        )
+    try:
+        with safe_open(str(source), framework="pt", device=str(device)) as f:
+            for name in (*REQUIRED, "threshold"):
+                if name not in header:
+                    continue
+                tensor = f.get_tensor(name)
+                if name in REQUIRED and not torch.isfinite(tensor).all():
+                    raise RunDirError(
+                        f"{source}: {name} holds NaN/inf (training diverged?); load an earlier checkpoint "
+                        "(checkpoints/step_*/sae) or re-train with a lower lr"
+                    )
+                getattr(sae, name).copy_(tensor)
+                del tensor
+    except RunDirError:
+        raise
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RunDirError(f"{source} is corrupt or truncated ({err}); re-save or re-train it") from None
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
 """`SaeConfig`: the settings every SAE has, plus the chosen method's own section (`params`).
 
 In YAML the method's keys may sit directly under `sae:` (a shorthand) or under `sae.params:`; saved
-configs always use `params:`. Which keys exist is up to the method (`saekit train --help` lists them), so
-JumpReLU has no `k` and TopK has no threshold settings.
+configs always use `params:`, and a key given directly wins over the same key under `params:` (so
+`sae.k=2` on the command line changes a saved config). Which keys exist is up to the method
+(`saekit train --help` lists them), so JumpReLU has no `k` and TopK has no threshold settings.
 
     sae:
       method: batchtopk
@@ -97,7 +98,8 @@ class SaeConfig:
     encoder_bf16: bool = False
     """Run the dense encoder GEMM in bf16 (fp32 accumulation, output rounded to bf16, bias added in fp32).
     Weights, the sparse decode, gradients and the optimiser stay fp32. Faster where bf16 GEMMs are native
-    (GPUs; CPUs with AVX512-BF16 or AMX); selection near ties may differ."""
+    (GPUs; CPUs with AVX512-BF16 or AMX); elsewhere it warns once and runs fp32. Selection near ties may
+    differ."""
     init_b_dec: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """Decoder bias initialisation from a data sample."""
     normalize_activations: Literal["mean_norm_sqrt_d", "none"] = "mean_norm_sqrt_d"
@@ -161,11 +163,8 @@ class SaeConfig:
             section = raw.get("params") or {}
             if not isinstance(section, dict):
                 raise ConfigError(f"{prefix}params must be a mapping of the method's keys, got {section!r}")
-            both = sorted(set(flat) & set(section))
-            if both:
-                raise ConfigError(
-                    f"{prefix}{both[0]} is given both under {prefix}params and directly; keep one"
-                )
+            # A key given directly wins over the same key under params: overrides such as `sae.k=2` land
+            # flat on top of a saved config (which writes params), and must change it.
             raw["params"] = {**section, **flat}
         return raw
 

@@ -29,6 +29,7 @@ from saekit.sae.config import SaeConfig
 from saekit.sae.constraint import normalize_rows_, project_out_parallel_
 from saekit.sae.init import init_weights_tied_
 from saekit.sae.method import get_method
+from saekit.sae.precision import encoder_gemm_dtype
 from saekit.types import Batch, SparseCode
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Sae(nn.Module):
             threshold = torch.zeros(self.d_sae) if self.activation.threshold == "buffer" else None
             self.register_buffer("threshold", threshold)
         self._scratch = _PreActScratch()
+        self.encoder_gemm_ran: torch.dtype | None = None
+        """dtype the last dense encoder GEMM ran in (bf16 only where requested and native)."""
         init_weights_tied_(self)
 
     @property
@@ -115,7 +118,8 @@ class Sae(nn.Module):
         must not keep it. The scratch is dropped by `.eval()`. CPU only: CUDA's caching allocator already
         recycles blocks, and there a persistent h would only raise the backward's peak memory.
         With `cfg.encoder_bf16` the GEMM runs in bf16 and h still comes back in fp32 (bias added in fp32),
-        so every selection rule, AuxK slice and threshold sees the usual dtype.
+        so every selection rule, AuxK slice and threshold sees the usual dtype. Where bf16 is not native
+        (`saekit.sae.precision`) the GEMM stays fp32, with one warning.
         """
         x_centered = x - self.b_dec
         if latent_major:
@@ -125,7 +129,8 @@ class Sae(nn.Module):
         shape = (lhs.shape[0], rhs.shape[1])
         reuse = reuse_buffer and x.device.type == "cpu"
         out = self._scratch.get(shape, x.dtype, x.device) if reuse else None
-        if not self.cfg.encoder_bf16:
+        self.encoder_gemm_ran = encoder_gemm_dtype(self.cfg.encoder_bf16, x.device)
+        if self.encoder_gemm_ran != torch.bfloat16:
             return torch.addmm(bias, lhs, rhs, out=out)
         h_low = lhs.to(torch.bfloat16) @ rhs.to(torch.bfloat16)
         out = torch.empty(shape, dtype=x.dtype, device=x.device) if out is None else out

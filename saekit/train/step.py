@@ -1,4 +1,5 @@
-"""The one training step: scale → objective → backward → constrained step → post_step → tracker.
+"""The one training step: scale → objective → backward → constrained step → post_step → finite guard →
+tracker.
 
 The trainer, `saekit bench` and the tests all call `training_step`, so the step that is benchmarked is the
 step that trains (style.md, "Layers and ownership").
@@ -56,6 +57,7 @@ def training_step(
     out.loss.backward()
     constrained_adam_step(sae, optimizer)
     perm = objective.post_step(sae, optimizer, out)
+    check_finite_(sae, out.loss)
     if tracker is not None:
         if perm is not None:
             tracker.permute_(perm)
@@ -76,6 +78,33 @@ def make_optimizer(
     groups = [{"params": [p for name, p in named.items() if name not in scales], "lr": lr}]
     groups += [{"params": [named[name]], "lr": lr * scale} for name, scale in scales.items()]
     return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, fused=True)
+
+
+class Diverged(DataError):
+    """A non-finite loss or parameter: training cannot go on from this step (`what` says which)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"training diverged: {what}")
+        self.what = what
+
+
+@torch.no_grad()
+def check_finite_(sae: Sae, loss: Tensor) -> None:
+    """Raise `Diverged` when the loss or any parameter holds NaN/inf, so no checkpoint or final/ ever does.
+    A per-parameter sum carries any NaN/inf (an overflow is divergence all the same) and costs 15 ms where
+    isfinite().all() costs 170 ms, next to a 2.2 s step (d_in 768, d_sae 16384, batch 4096, 2-core EPYC);
+    one host sync for all of them."""
+    names, params = zip(*sae.named_parameters(), strict=True)
+    sums = torch.stack([loss.detach().float().reshape(()), *(p.sum().float() for p in params)])
+    if bool(torch.isfinite(sums).all()):
+        return
+    values = sums.tolist()
+    if not torch.isfinite(sums[0]):
+        raise Diverged(f"the loss is {values[0]}")
+    bad = [
+        name for name, total in zip(names, values[1:], strict=True) if not torch.isfinite(torch.tensor(total))
+    ]
+    raise Diverged(f"parameter {', '.join(bad)} has NaN/inf values")
 
 
 class FixedDeadMask:

@@ -20,9 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit.config import TrainConfig, save_config
-from saekit.errors import DataError, RunDirError
+from saekit.config_checks import require_device
+from saekit.errors import DataError, RunDirError, SaekitError
 from saekit.io import atomic_write_text
-from saekit.rundir import SAE_SUBDIR, RunDir
+from saekit.rundir import METRICS_FILE, SAE_SUBDIR, TRAINER_STATE_FILE, RunDir, absolute_paths
 from saekit.sae import (
     Sae,
     estimate_act_scale,
@@ -31,32 +32,84 @@ from saekit.sae import (
     make_objective,
     mse_scale_from_sample,
 )
-from saekit.train.checkpoint import load_trainer_state, rng_state, save_checkpoint, save_final, set_rng_state
+from saekit.train.checkpoint import (
+    corrupt_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    save_final,
+    set_rng_state,
+    write_errors,
+)
 from saekit.train.dead import DeadLatentTracker
+from saekit.train.resume import check_resume, record_resume
 from saekit.train.sources import TrainingSource, open_training_source
-from saekit.train.step import make_optimizer, training_step
+from saekit.train.start import RunClaim, check_new_run, clear_interrupted_start
+from saekit.train.step import Diverged, check_finite_, make_optimizer, training_step
 
 logger = logging.getLogger(__name__)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
-    """Train an SAE as configured; returns the run directory (with final/ and metrics.jsonl)."""
+    """Train an SAE as configured; returns the run directory (with final/ and metrics.jsonl).
+
+    Refusals (a run dir that is not ours, a resume that contradicts the run, another writer) raise
+    RunDirError before anything is written. A start that fails before its first checkpoint removes what it
+    created; later failures keep the checkpoints for `--resume`. Paths are stored absolute.
+    """
+    require_device(cfg.device, "device")  # before any file is written
+    if cfg.live is not None:
+        require_device(cfg.live.device, "live.device")
+    cfg = absolute_paths(cfg)
     run = RunDir(cfg.run_dir)
-    _check_run_dir(run, resume)
-    torch.manual_seed(cfg.seed)
-    source = open_training_source(cfg)
-    # On resume the checkpoint supplies weights, act_scale and mse_scale: skip the data initialisation.
-    trainer = Trainer.create(cfg, source, run.path, init_from_data=not resume)
     if resume:
-        trainer.restore(run.latest_checkpoint())
+        check_resume(run, cfg)
     else:
-        run.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config_path)
-    trainer.fit()
-    trainer.sae.normalize_decoder_rows_()  # the last step leaves rows only approximately unit norm
-    save_final(run, trainer.sae, trainer.final_state())
+        check_new_run(run)
+    with RunClaim(run) as claim:
+        run.remove_stale_staging()
+        if resume:
+            _resume(cfg, run)
+        else:
+            try:
+                _start(cfg, claim)
+            except BaseException:
+                if run.latest_checkpoint() is None:  # nothing resumable: leave nothing behind
+                    claim.undo()
+                raise
     logger.info("training done: %s", run.final_dir)
     return run.path
+
+
+def _start(cfg: TrainConfig, claim: RunClaim) -> None:
+    run = claim.run
+    check_new_run(run)  # again, now that we hold the lock
+    clear_interrupted_start(claim)
+    torch.manual_seed(cfg.seed)
+    source = open_training_source(cfg)
+    trainer = Trainer.create(cfg, source, run.path)
+    with write_errors(run.config_path, run):
+        save_config(cfg, run.config_path)
+    _fit_and_save(trainer, run)
+
+
+def _resume(cfg: TrainConfig, run: RunDir) -> None:
+    changes = check_resume(run, cfg)  # again, now that we hold the lock
+    torch.manual_seed(cfg.seed)
+    source = open_training_source(cfg)
+    # The checkpoint supplies weights, act_scale and mse_scale: skip the data initialisation.
+    trainer = Trainer.create(cfg, source, run.path, init_from_data=False)
+    step_dir = run.latest_checkpoint()
+    trainer.restore(step_dir)
+    record_resume(run, cfg, changes, step_dir, trainer.step_count)
+    _fit_and_save(trainer, run)
+
+
+def _fit_and_save(trainer: Trainer, run: RunDir) -> None:
+    trainer.fit()
+    trainer.sae.normalize_decoder_rows_()  # the last step leaves rows only approximately unit norm
+    trainer.check_finite_parameters()
+    save_final(run, trainer.sae, trainer.final_state())
 
 
 class Trainer:
@@ -141,11 +194,33 @@ class Trainer:
                 mse_scale=self.mse_scale,
                 tracker=self.tracker,
             )
+        except Diverged as err:  # the step's own finite guard: say what was kept and what to try
+            self.step_count += 1
+            raise self._diverged(err.what) from None
         except DataError as err:
             raise DataError(f"step {self.step_count}: {err}") from None
         self.step_count += 1
         self.tokens += len(batch)
         return {"loss": float(out.loss.detach()), **out.losses, **out.metrics}
+
+    def check_finite_parameters(self) -> None:
+        """The step's guard, once more after the final renormalisation (before final/ is written)."""
+        try:
+            check_finite_(self.sae, torch.zeros(()))
+        except Diverged as err:
+            raise self._diverged(err.what) from None
+
+    def _diverged(self, what: str) -> DataError:
+        latest = self.run.latest_checkpoint()
+        kept = (
+            f"nothing was saved as final/ and the last good checkpoint {latest} is kept"
+            if latest is not None
+            else "no checkpoint was written yet, so nothing was kept"
+        )
+        return DataError(
+            f"training diverged at step {self.step_count}: {what}; {kept}. Start a new run with a lower lr "
+            f"(this run: lr={self.lr:.3g}), or check the activations for outliers"
+        )
 
     def log(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self._window_start
@@ -159,7 +234,10 @@ class Trainer:
             **self.tracker.window_summary(),
             tokens_per_s=len(self._window) * self.cfg.batch_size / max(elapsed, 1e-9),
         )
-        with open(self.run.metrics_path, "a") as fh:
+        with (
+            write_errors(self.run.metrics_path, self.run),
+            open(self.run.metrics_path, "a") as fh,
+        ):
             fh.write(json.dumps(summary) + "\n")
         self._window, self._window_start = [], time.perf_counter()
         return summary
@@ -199,9 +277,12 @@ class Trainer:
             raise RunDirError(
                 f"--resume: {self.run.checkpoints_dir} has no checkpoint; start without --resume"
             )
-        saved = load_sae(
-            step_dir / SAE_SUBDIR, device=self.cfg.device, v1_objective=self.run.format1_objective()
-        )
+        try:
+            saved = load_sae(
+                step_dir / SAE_SUBDIR, device=self.cfg.device, v1_objective=self.run.format1_objective()
+            )
+        except RunDirError as err:
+            raise corrupt_checkpoint(step_dir, SAE_SUBDIR, f"does not load ({err})") from None
         if saved.d_in != self.sae.d_in or saved.d_sae != self.sae.d_sae:
             raise DataError(
                 f"--resume: checkpoint has d_in={saved.d_in}, d_sae={saved.d_sae} but the data "
@@ -210,35 +291,43 @@ class Trainer:
         self.sae.load_state_dict(saved.state_dict())
         self.sae.act_scale = saved.act_scale
         state = load_trainer_state(step_dir, self.optimizer)
+        try:
+            self._load_state(state)
+        except RunDirError as err:  # e.g. dead-latent counters of another width
+            raise corrupt_checkpoint(step_dir, TRAINER_STATE_FILE, f"does not fit this run ({err})") from None
+        except SaekitError:  # e.g. DataError: the reader state is for another cache
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            problem = f"does not fit this run ({type(err).__name__}: {err})"
+            raise corrupt_checkpoint(step_dir, TRAINER_STATE_FILE, problem) from None
+        _truncate_metrics(self.run.metrics_path, self.step_count)
+        logger.info("resumed from %s (step %d, %d tokens)", step_dir, self.step_count, self.tokens)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.step_count, self.tokens, self.mse_scale = state["step"], state["tokens"], state["mse_scale"]
         set_rng_state(state["rng"])
         self.source.load_state_dict(state["reader"])
         self.tracker.load_state_dict(_lists_to_tensors(state["dead_tracker"]))
         if "objective" in state:
             self.objective.load_state_dict(state["objective"], self.sae)
-        _truncate_metrics(self.run.metrics_path, self.step_count)
-        logger.info("resumed from %s (step %d, %d tokens)", step_dir, self.step_count, self.tokens)
-
-
-def _check_run_dir(run: RunDir, resume: bool) -> None:
-    if resume:
-        if not run.config_path.is_file():
-            raise RunDirError(
-                f"--resume: {run.path} is not a run directory (no config.yaml); start a new run without "
-                "--resume"
-            )
-    elif run.has_training():
-        raise RunDirError(
-            f"{run.path} already holds a run; pass --resume to continue it, or choose another "
-            f"run_dir=... (nothing was overwritten)"
-        )
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from, so metrics.jsonl has no duplicates."""
+    """Drop log lines written after the checkpoint we resume from, so metrics.jsonl has no duplicates, and
+    any line that does not parse (a kill or a full disk mid-append leaves half a line)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    kept, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += bool(line.strip())
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    if dropped:
+        logger.warning("%s: dropped %d unreadable line(s) (a write cut short)", METRICS_FILE, dropped)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

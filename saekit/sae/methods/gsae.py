@@ -32,6 +32,7 @@ from saekit.sae.config import TopKParams
 from saekit.sae.method import Method, register_method
 from saekit.sae.methods.topk import check_k, per_row_topk
 from saekit.sae.objective import ReconstructionAuxK
+from saekit.sae.precision import native_bf16_gemm
 from saekit.types import Batch, SparseCode
 
 if TYPE_CHECKING:
@@ -66,20 +67,12 @@ def gradient_scores(
 
 
 def default_score_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where its GEMM is native (CUDA; CPUs with AVX512-BF16/AMX), else fp32.
+    """bf16 where its GEMM is native (`saekit.sae.precision.native_bf16_gemm`), else fp32.
 
     Measured at d_in=768, d_sae=16384, k=32, B=4096 on 2 AVX512-BF16 cores: the score GEMM in fp32 made
     a g-SAE step 1.64x a TopK step, in bf16 1.11x (goal: <= 1.3x).
     """
-    if device.type == "cuda":
-        return torch.bfloat16
-    if device.type == "cpu":
-        try:
-            if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                return torch.bfloat16
-        except (AttributeError, RuntimeError):  # private probe: treat its absence as "no native bf16"
-            pass
-    return torch.float32
+    return torch.bfloat16 if native_bf16_gemm(device) else torch.float32
 
 
 @dataclass(frozen=True)
