@@ -117,7 +117,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def stage_keys_help(stage: str) -> str:
     """Every key of a stage's config with its default and doc (`saekit <stage> --help`)."""
     from saekit.config import STAGE_CONFIGS, TrainConfig
-    from saekit.config_io import describe_fields, format_help
+    from saekit.config_help import describe_fields, format_help
 
     cls = STAGE_CONFIGS[stage]
     rows = [row for row in describe_fields(cls) if not row[0].startswith("sae.params")]
@@ -128,7 +128,7 @@ def stage_keys_help(stage: str) -> str:
 
 
 def _method_keys_help() -> str:
-    from saekit.config_io import describe_fields, format_help
+    from saekit.config_help import describe_fields, format_help
     from saekit.sae import METHODS
 
     parts = ["method keys (sae.<key> or sae.params.<key>), by sae.method:"]

@@ -2,8 +2,8 @@
 
 Stage configs (`saekit.config`) and method sections (`saekit.sae.methods`) are plain frozen dataclasses
 with a docstring under each field. This module turns mappings into them (type coercion, did-you-mean
-errors for unknown keys), parses overrides, lists every key with its default and doc for `--help`, and
-patches files written by older saekit versions.
+errors for unknown keys), parses overrides, and patches files written by older saekit versions
+(`saekit.config_help` lists the keys for `--help`).
 
     cfg = load_config(TrainConfig, "configs/topk.yaml", ["sae.k=64", "lr=3e-4"])
     save_config(cfg, run_dir / "config.yaml")
@@ -17,13 +17,10 @@ YAML's "3e-4"-as-string quirk and these hooks without as much glue as the ~120 l
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import functools
-import inspect
 import math
-import textwrap
 import types
 import typing
 from pathlib import Path
@@ -32,6 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from saekit.errors import ConfigError
+from saekit.io import atomic_write_text
 
 FORMAT_VERSION = 2
 """Version of config.yaml. 1: flat `sae` section with `activation` + `objective`; 2: `sae.method` + params."""
@@ -51,7 +49,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+            problem = _problem_text(err)
             raise ConfigError(
                 f"override {item!r}: the value is not valid YAML ({problem}); write a number, true/false, "
                 f"a list like [1,2], or quote a literal string: {key}='\"...\"'"
@@ -116,6 +114,11 @@ def read_yaml_file(path: str | Path) -> Any:
         raise ConfigError(f"{path}: YAML nested too deeply; a config is a flat mapping of sections") from None
 
 
+def _problem_text(err: yaml.YAMLError) -> str:
+    """PyYAML's short description of the problem (its first line)."""
+    return str(getattr(err, "problem", None) or err).splitlines()[0]
+
+
 def _yaml_where(err: yaml.YAMLError, text: str) -> str:
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     if mark is not None:
@@ -126,7 +129,7 @@ def _yaml_where(err: yaml.YAMLError, text: str) -> str:
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """What is wrong, in words, with the fix for the cases users meet."""
-    problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+    problem = _problem_text(err)
     if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
         return (
             f"{problem}; saekit reads plain YAML only (yaml.safe_load) -- remove the !!python/... or other "
@@ -182,20 +185,13 @@ def upgrade(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    from saekit.io import atomic_write_text
-
     body = {"format_version": FORMAT_VERSION, **to_dict(cfg)}
     atomic_write_text(Path(path), yaml.safe_dump(body, sort_keys=False))
 
 
 def load_saved_config(cls: type, path: str | Path) -> Any:
     """A config file saekit wrote (any version), validated; unreadable files raise ConfigError."""
-    raw = read_yaml_file(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a YAML mapping, got {type(raw).__name__}")
-    return from_dict(cls, upgrade(cls, raw))
+    return from_dict(cls, upgrade(cls, read_yaml_mapping(path)))
 
 
 # ---------------------------------------------------------------------------------------- mapping
@@ -336,70 +332,3 @@ def require(ok: bool, name: str, fix: str) -> None:
     """Validation helper for `__post_init__`: raise ConfigError("name: fix") unless ok."""
     if not ok:
         raise ConfigError(f"{name}: {fix}")
-
-
-# ---------------------------------------------------------------------------------------- help
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (and of its dataclass bases), read from the source."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):  # no source (frozen app, REPL class): no docs
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for node, nxt in zip(body, body[1:], strict=False):
-            documented = isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and documented:
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-def describe_fields(cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
-    """(dotted key, default, doc) for every field of `cls`, nested dataclass sections expanded."""
-    rows = []
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        if not f.init or f.name in skip:
-            continue
-        default = _default_of(f)
-        if dataclasses.is_dataclass(default) and not isinstance(default, type):
-            rows += describe_fields(type(default), f"{prefix}{f.name}.")
-            continue
-        rows.append((f"{prefix}{f.name}", _show(default), docs.get(f.name, "")))
-    return rows
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return "(required)"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        value = list(value)
-    return (
-        "null"
-        if value is None
-        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-    )
-
-
-def format_help(rows: list[tuple[str, str, str]], width: int = 110) -> str:
-    """Aligned `key = default  doc` lines, the doc wrapped under the key."""
-    key_width = min(36, max((len(k) + len(d) + 3 for k, d, _ in rows), default=10))
-    lines = []
-    for key, default, doc in rows:
-        head = f"  {key} = {default}"
-        wrapped = textwrap.wrap(doc, width - key_width - 4) or [""]
-        lines.append(f"{head:<{key_width + 2}}  {wrapped[0]}".rstrip())
-        lines += [f"{'':<{key_width + 2}}  {more}" for more in wrapped[1:]]
-    return "\n".join(lines)

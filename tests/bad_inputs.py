@@ -61,24 +61,13 @@ def chain(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
 
 def build_template(root: Path) -> Path:
     """A tiny cache (with gradients), a finished TopK run and a run with checkpoints but no final/."""
-    from saekit.activations import collect
-    from saekit.config import CollectConfig, SaeConfig, TrainConfig
+    from fixtures_run import collect_tiny_cache
+
+    from saekit.config import SaeConfig, TrainConfig
     from saekit.rundir import RunDir
     from saekit.train import train
 
-    collect(
-        CollectConfig(
-            model="tiny",
-            hookpoints=(HOOK,),
-            context_length=32,
-            max_tokens=1200,
-            batch_size=8,
-            shard_tokens=400,
-            capture_grads=True,
-            out_dir=str(root / "cache"),
-        ),
-        progress=False,
-    )
+    collect_tiny_cache(root / "cache", max_tokens=1200, shard_tokens=400, capture_grads=True)
     for name, steps in (("run", 6), ("ckpt_run", 6)):
         train(
             TrainConfig(

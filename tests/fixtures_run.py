@@ -24,33 +24,40 @@ _DONE = ".fixture-complete"
 logger = logging.getLogger(__name__)
 
 
+def collect_tiny_cache(out: Path, *, max_tokens: int, model=None, **keys) -> Path:
+    """A cache of the tiny random model at blocks.1 (context 32, 8 sequences per forward) in `out`; `keys`
+    are further CollectConfig fields (shard_tokens, capture_grads, ...). Shared by the test modules that
+    train on a tiny cache."""
+    from saekit.activations import collect
+    from saekit.config import CollectConfig
+
+    cfg = CollectConfig(
+        model="tiny",
+        hookpoints=(HOOK,),
+        context_length=32,
+        max_tokens=max_tokens,
+        batch_size=8,
+        out_dir=str(out),
+        **keys,
+    )
+    collect(cfg, model=model, progress=False)
+    return Path(out)
+
+
 def build_fixture_runs(root: Path) -> Path:
     """Build (or reuse) the fixture RUNS_DIR under `root` and return it."""
     root = Path(root)
     if (root / _DONE).is_file():
         return root
     shutil.rmtree(root, ignore_errors=True)  # a build interrupted half-way is started over
-    from saekit.activations import collect
     from saekit.analysis import build_index
-    from saekit.config import CollectConfig, EvalConfig
+    from saekit.config import EvalConfig
     from saekit.eval import evaluate_run
     from saekit.models import load_model
 
     model = load_model("tiny")
     cache = root / "cache"
-    collect(
-        CollectConfig(
-            model="tiny",
-            hookpoints=(HOOK,),
-            context_length=32,
-            max_tokens=3000,
-            batch_size=8,
-            shard_tokens=1000,
-            out_dir=str(cache),
-        ),
-        model=model,
-        progress=False,
-    )
+    collect_tiny_cache(cache, max_tokens=3000, shard_tokens=1000, model=model)
     _train_runs(root, cache)
     for name in (TOPK_RUN, WIDE_K_RUN):
         evaluate_run(root / name, EvalConfig(num_sequences=6, batch_size=3, max_eval_rows=1000), model=model)

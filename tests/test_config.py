@@ -105,7 +105,7 @@ def test_stage_help_lists_every_key_with_default_and_doc(stage, capsys):
 
     from saekit.cli import main
     from saekit.config import STAGE_CONFIGS
-    from saekit.config_io import field_docs
+    from saekit.config_help import field_docs
 
     with pytest.raises(SystemExit) as exit_info:
         main([stage, "--help"])

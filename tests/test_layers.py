@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: list[tuple[str, ...]] = [
     ("saekit", "saekit.errors", "saekit.types"),
     ("saekit.io",),
-    ("saekit.config_io",),
+    ("saekit.config_io", "saekit.config_help"),
     ("saekit.kernels",),
     ("saekit.sae",),
     ("saekit.config", "saekit.config_checks"),

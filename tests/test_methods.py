@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from saekit.config_io import field_docs
+from saekit.config_help import field_docs
 from saekit.errors import ConfigError
 from saekit.sae import METHODS, Method, Sae, SaeConfig, get_method, make_objective, register_method
 from saekit.sae.config import TopKParams

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 import torch
+from fixtures_run import collect_tiny_cache
 from safetensors.torch import load_file
 
-from saekit.config import CollectConfig, SaeConfig, TrainConfig
+from saekit.config import SaeConfig, TrainConfig
 from saekit.rundir import RunDir
 from saekit.train import train
 
@@ -22,22 +23,7 @@ METHOD_KEYS = {
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
-    from saekit.activations import collect
-
-    out = tmp_path_factory.mktemp("cache")
-    collect(
-        CollectConfig(
-            model="tiny",
-            hookpoints=("blocks.1.hook_resid_post",),
-            context_length=32,
-            max_tokens=2000,
-            batch_size=8,
-            shard_tokens=700,
-            out_dir=str(out),
-        ),
-        progress=False,
-    )
-    return out
+    return collect_tiny_cache(tmp_path_factory.mktemp("cache"), max_tokens=2000, shard_tokens=700)
 
 
 def run_cfg(cache, run_dir, method, total_steps):

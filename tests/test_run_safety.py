@@ -13,9 +13,10 @@ import textwrap
 
 import pytest
 import torch
+from fixtures_run import collect_tiny_cache
 from safetensors.torch import load_file
 
-from saekit.config import CollectConfig, SaeConfig, TrainConfig, load_config, save_config
+from saekit.config import SaeConfig, TrainConfig, load_config, save_config
 from saekit.errors import ConfigError, DataError, RunDirError
 from saekit.rundir import LOCK_FILE, RunDir
 from saekit.train import checkpoint as checkpoint_module
@@ -30,21 +31,7 @@ STEPS = 12  # checkpoints at 3, 6, 9; final at 12
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
-    from saekit.activations import collect
-
-    out = tmp_path_factory.mktemp("cache")
-    collect(
-        CollectConfig(
-            model="tiny",
-            hookpoints=(HOOK,),
-            context_length=32,
-            max_tokens=2000,
-            batch_size=8,
-            out_dir=str(out),
-        ),
-        progress=False,
-    )
-    return out
+    return collect_tiny_cache(tmp_path_factory.mktemp("cache"), max_tokens=2000)
 
 
 def _cfg(cache, run_dir, **kw):

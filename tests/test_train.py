@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from fixtures_run import collect_tiny_cache
 from safetensors.torch import load_file
 
 from saekit.config import CollectConfig, SaeConfig, TrainConfig
@@ -13,20 +14,7 @@ from saekit.train import train
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
-    from saekit.activations import collect
-
-    out = tmp_path_factory.mktemp("cache")
-    cfg = CollectConfig(
-        model="tiny",
-        hookpoints=("blocks.1.hook_resid_post",),
-        context_length=32,
-        max_tokens=3000,
-        batch_size=8,
-        shard_tokens=700,
-        out_dir=str(out),
-    )
-    collect(cfg)
-    return out
+    return collect_tiny_cache(tmp_path_factory.mktemp("cache"), max_tokens=3000, shard_tokens=700)
 
 
 def _cfg(cache, run_dir, **kw):

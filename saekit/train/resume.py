@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from saekit.config import SaeConfig, TrainConfig, from_dict, save_config, to_dict
+from saekit.config import TrainConfig, from_dict, save_config, to_dict
 from saekit.config_io import merge, parse_overrides, read_yaml_mapping, upgrade
 from saekit.errors import RunDirError
 from saekit.rundir import RunDir
@@ -59,20 +59,18 @@ def resume_config(config_path: str | Path | None, overrides: list[str] | None) -
 
 
 def _apply(current: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
-    """`layer` merged onto `current`, its `sae` section first put in the saved layout (method keys under
-    params, so `sae.k=2` meets `sae.params.k`); a different method starts from that method's defaults."""
+    """`layer` merged onto `current`. Method keys given flat (`sae.k=2`) win over the saved `sae.params.k`
+    when the config is built (`SaeConfig`); a different method starts from that method's defaults."""
     section = layer.get("sae")
     if not isinstance(section, dict) or not isinstance(current.get("sae"), dict):
         return merge(current, layer)
     saved_sae = current["sae"]
-    method = section.get("method", saved_sae.get("method"))
-    normal = SaeConfig._normalise_raw({**section, "method": method}, "sae.")
-    if method == saved_sae.get("method"):
+    if section.get("method", saved_sae.get("method")) == saved_sae.get("method"):
         base = saved_sae
     else:
-        base = {**{k: v for k, v in saved_sae.items() if k != "params"}, "method": method}
+        base = {k: v for k, v in saved_sae.items() if k != "params"}
     rest = {k: v for k, v in layer.items() if k != "sae"}
-    return {**merge(current, rest), "sae": merge(base, normal)}
+    return {**merge(current, rest), "sae": merge(base, section)}
 
 
 def _require_run(run: RunDir) -> None:
