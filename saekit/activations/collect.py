@@ -112,8 +112,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _headers(cfg: CollectConfig, model: Any, hookpoints: list[str]) -> dict[str, dict[str, Any]]:
     """Fixed manifest fields per hook point. d_in comes from a 2-token probe forward pass, which also
     proves the capture path works before anything is written."""
-    bos = model_seam().bos_token_id(model)
-    probe = model_seam().capture(model, torch.tensor([[bos, bos]]), hookpoints)
+    widths = model_seam().hook_widths(model, hookpoints)
     config = {k: v for k, v in to_dict(cfg).items() if k not in _CONFIG_KEYS_IGNORED}
     common = {
         "saekit_version": getattr(saekit, "__version__", "unknown"),
@@ -128,7 +127,7 @@ def _headers(cfg: CollectConfig, model: Any, hookpoints: list[str]) -> dict[str,
         "first_sequence": cfg.skip_sequences,
     }
     return {
-        hook: {**common, "hookpoint": hook, "d_in": int(probe.acts[hook].shape[-1])} for hook in hookpoints
+        hook: {**common, "hookpoint": hook, "d_in": widths[hook]} for hook in hookpoints
     }
 
 

@@ -74,9 +74,7 @@ class LiveStream:
     @property
     def d_in(self) -> int:
         if self._d_in is None:
-            bos = model_seam().bos_token_id(self.model)
-            probe = model_seam().capture(self.model, torch.tensor([[bos, bos]]), [self.hookpoint])
-            self._d_in = int(probe.acts[self.hookpoint].shape[-1])
+            self._d_in = model_seam().hook_widths(self.model, [self.hookpoint])[self.hookpoint]
         return self._d_in
 
     def state_dict(self) -> dict[str, Any]:

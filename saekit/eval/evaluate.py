@@ -217,12 +217,11 @@ def check_model_fits_sae(model: Any, sae: Any, context_length: int) -> None:
     """The SAE's hook point exists in `model` with width d_in, and `context_length` fits the model's
     position table; checked on a 2-token probe before any long pass."""
     from saekit.activations.rows import check_context_length
-    from saekit.models import bos_token_id, capture, validate_hookpoints
+    from saekit.models import hook_widths, validate_hookpoints
 
     validate_hookpoints(model, [sae.hookpoint])
     check_context_length(model, context_length)
-    bos = bos_token_id(model)
-    width = int(capture(model, torch.tensor([[bos, bos]]), [sae.hookpoint]).acts[sae.hookpoint].shape[-1])
+    width = hook_widths(model, [sae.hookpoint])[sae.hookpoint]
     if width != sae.d_in:
         raise DataError(
             f"the model's {sae.hookpoint} has width {width} but the SAE has d_in={sae.d_in}; evaluate with "

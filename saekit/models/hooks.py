@@ -25,6 +25,7 @@ from torch import Tensor
 
 from saekit.errors import DataError, HookpointError
 from saekit.models.loading import load_spec, model_id
+from saekit.models.tokens import bos_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,14 @@ def capture(
         model(tokens)
     _check_all_fired(names, acts)
     return Capture(acts={n: acts[n] for n in names})
+
+
+def hook_widths(model: Any, names: Sequence[str]) -> dict[str, int]:
+    """The width of each hook's activation, from one 2-token forward pass ([BOS, BOS]); it also proves the
+    capture path works before any long pass or any file is written."""
+    bos = bos_token_id(model)
+    probe = capture(model, torch.tensor([[bos, bos]]), list(names))
+    return {name: int(probe.acts[name].shape[-1]) for name in names}
 
 
 def _capture_with_grads(model: Any, tokens: Tensor, names: list[str]) -> Capture:
