@@ -8,6 +8,9 @@ pure-torch twins in `torch_ops` otherwise, so callers never change.
     from saekit.kernels import encode_selected, sparse_decode
     pre = encode_selected(x, W_enc, b_enc, b_dec, rows, indices, h_selected)     # attaches autograd
     x_hat = sparse_decode(indices, torch.relu(pre), offsets, W_dec, b_dec)
+
+On CUDA the encoder GEMM itself can be fused with the per-row top-k (`fused_topk.fused_encode_topk`, used by
+`saekit.sae.fused_select`), so the dense pre-activations are never written to memory.
 """
 
 from __future__ import annotations

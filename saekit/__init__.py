@@ -2,7 +2,7 @@
 
 from saekit.sae import Sae
 sae = Sae.load("runs/demo/topk/final")
-code = sae.encode(x * sae.act_scale)
+code = sae.encode(x)                # raw activations, like sae.reconstruct(x)
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
 """`saekit app [RUNS_DIR]`: serve the Streamlit workbench (`app/streamlit_app.py`) on 127.0.0.1.
 
-The app is a source-tree directory, not package data: it is found next to the installed package (saekit
-is installed editable from the repository), in the working directory, or at $SAEKIT_APP_DIR. Usage
+The app is the repository's app/ directory, installed as saekit/app by a regular (non-editable) install
+(pyproject.toml maps it). It is looked for at $SAEKIT_APP_DIR, inside the installed package, beside the
+package in a checkout (editable install), then in the working directory, so `saekit app` works from any
+directory. Usage
 statistics are off three ways (flag, environment, app/.streamlit/config.toml), because with them on the
 browser calls an external metrics URL.
 
@@ -38,23 +40,22 @@ class AppStartError(SaekitError, RuntimeError):
 
 
 def find_app_dir() -> Path:
-    """The directory holding streamlit_app.py: $SAEKIT_APP_DIR, the repository beside the installed
-    package, or ./app; raises AppNotFoundError naming every place it looked."""
+    """The directory holding streamlit_app.py: $SAEKIT_APP_DIR, the installed package's app/, the
+    checkout's app/ beside the package, or ./app; raises AppNotFoundError naming every place it looked."""
     import saekit
 
+    package = Path(saekit.__file__).resolve().parent
     candidates = []
     if os.environ.get(APP_ENV):
         candidates.append(Path(os.environ[APP_ENV]).expanduser())
-    candidates.append(Path(saekit.__file__).resolve().parent.parent / "app")
-    candidates.append(Path.cwd() / "app")
+    candidates += [package / "app", package.parent / "app", Path.cwd() / "app"]
     for directory in candidates:
         if (directory / ENTRY).is_file():
             return directory.resolve()
     looked = ", ".join(str(d) for d in candidates)
     raise AppNotFoundError(
-        f"cannot find the saekit app ({ENTRY}); looked in {looked}. The app ships with the source "
-        f"repository: install saekit editable from a checkout (`pip install -e .`), run from the "
-        f"repository root, or set {APP_ENV}=/path/to/saekit/app"
+        f"cannot find the saekit app ({ENTRY}); looked in {looked}. Reinstall saekit (`pip install .` "
+        f"or `pip install -e .` in a checkout), or set {APP_ENV}=/path/to/saekit/app"
     )
 
 

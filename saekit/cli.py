@@ -7,6 +7,8 @@ saekit demo
 saekit index runs/topk
 saekit app runs
 saekit hooks tiny
+saekit export runs/topk --format saelens out/topk-saelens
+saekit import out/topk-saelens --from auto runs/imported [model=embedded] [hookpoint=blocks.9.hook_resid_post]
 """
 
 from __future__ import annotations
@@ -74,10 +76,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from saekit.analysis import build_index
-    from saekit.config import IndexConfig, load_config, to_dict
+    from saekit.config import IndexConfig, load_config
 
     cfg = load_config(IndexConfig, args.config, args.overrides)
-    path = build_index(Path(args.run), **to_dict(cfg))
+    path = build_index(Path(args.run), cfg)
     sys.stdout.write(f"index: {path}\n")
     return 0
 
@@ -97,6 +99,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from saekit.config import StudyConfig, load_config
+    from saekit.study import run_study
+
+    path, overrides = _split_config_and_overrides(args.args)
+    sys.stdout.write(run_study(load_config(StudyConfig, path, overrides)) + "\n")
+    return 0
+
+
 def cmd_hooks(args: argparse.Namespace) -> int:
     from saekit.models import list_hookpoints, load_model
 
@@ -111,6 +122,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     path, overrides = _split_config_and_overrides(args.args)
     sys.stdout.write(run_bench(load_config(BenchConfig, path, overrides)) + "\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from saekit.interop import export_sae
+
+    report = export_sae(args.source, args.format, Path(args.out), sample=args.sample)
+    sys.stdout.write(f"{args.format} ({report.rule}): {report.out}\n{report.agreement.summary()}\n")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from saekit.errors import ConfigError
+    from saekit.interop import import_sae
+
+    keys = dict(item.split("=", 1) for item in args.overrides if "=" in item)
+    unknown = sorted(set(keys) - {"model", "hookpoint"}) or [i for i in args.overrides if "=" not in i]
+    if unknown:
+        raise ConfigError(f"import takes model=NAME and hookpoint=HOOK only, got {unknown}")
+    report = import_sae(
+        args.src, Path(args.out), args.source_format, select=args.sae, sample=args.sample, **keys
+    )
+    sys.stdout.write(f"run: {report.out} ({report.method})\n{report.agreement.summary()}\n")
     return 0
 
 
@@ -144,6 +178,7 @@ _STAGES = (
     ("eval", "evaluate a run: RUN_DIR [key=value ...]", "run"),
     ("demo", "collect, train and evaluate on the embedded model end to end", "args"),
     ("compare", "train + evaluate several methods at equal L0: [CONFIG] [key=value ...]", "args"),
+    ("study", "k x seed sweep per method; paper claims judged at equal L0: [CONFIG] [key=value ...]", "args"),
     ("index", "build the latent index of a run: RUN_DIR [key=value ...]", "run"),
     ("bench", "speed/memory benchmarks, printed as ratios measured in one run: [key=value ...]", "args"),
 )
@@ -159,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval": cmd_eval,
         "demo": cmd_demo,
         "compare": cmd_compare,
+        "study": cmd_study,
         "index": cmd_index,
         "bench": cmd_bench,
     }
@@ -186,7 +222,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="embedded")
     _add_verbose(p)
     p.set_defaults(func=cmd_hooks)
+    _add_interop_parsers(sub)
     return parser
+
+
+def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
+    formats = ("saelens", "sparsify", "dictionary_learning")
+    p = sub.add_parser("export", help="write an SAE for SAELens/sparsify/dictionary_learning, checked: "
+                       "RUN_OR_SAE --format F OUT")  # fmt: skip
+    p.add_argument("source", help="run directory or SAE checkpoint directory")
+    p.add_argument("--format", required=True, choices=formats)
+    p.add_argument("out", help="new directory for the converted SAE")
+    p.add_argument("--sample", default=None, help="activations to check on (.safetensors/.pt/.npy rows)")
+    _add_verbose(p)
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import", help="another tool's SAE as a saekit run, checked: SRC --from F OUT "
+                       "[model=NAME] [hookpoint=HOOK]")  # fmt: skip
+    p.add_argument("src", help="SAELens / sparsify / dictionary_learning directory")
+    p.add_argument("--from", dest="source_format", default="auto", choices=(*formats, "auto"))
+    p.add_argument("out", help="new run directory")
+    p.add_argument("overrides", nargs="*", metavar="model=|hookpoint=")
+    p.add_argument("--sae", default=None, help="which SAE of a directory holding several (a subdirectory)")
+    p.add_argument("--sample", default=None, help="activations to check on (.safetensors/.pt/.npy rows)")
+    _add_verbose(p)
+    p.set_defaults(func=cmd_import)
 
 
 def _add_verbose(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,11 @@
 """`saekit compare`: train every listed method on the same cache at equal mean L0, evaluate, one table.
 
 Each method is a train YAML (configs/<method>.yaml); the comparison overrides what must be equal (cache,
-hook point, k, width, token budget, batch size) and keeps each method's own settings. Every run is
-resumable, so an interrupted comparison continues; finished runs are only re-evaluated when asked.
+hook point, k, width, token budget, batch size) and keeps each method's own settings. The methods train
+together from one pass over the cache (a multi-SAE run, `saekit.train.multi`: <out_dir>/config.yaml is the
+group, <out_dir>/<method>/ each run), so the cache is read once, not once per method; a method whose other
+settings (seed, Adam, schedule, ...) differ from the first one's trains on its own. Every run is resumable,
+so an interrupted comparison continues; finished runs are only re-evaluated when asked.
 
     saekit compare configs/compare.yaml total_tokens=100000
     table = run_compare(load_config(CompareConfig, "configs/compare.yaml"))   # also writes compare.json
@@ -16,8 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from saekit.config import CompareConfig, EvalConfig, TrainConfig, load_config
-from saekit.errors import ConfigError
+from saekit.config import CompareConfig, EvalConfig, TrainConfig, load_config, to_dict
+from saekit.config_train import SaeMember
+from saekit.errors import ConfigError, SaekitError
 from saekit.io import atomic_write_json
 from saekit.rundir import RunDir
 from saekit.runs import median_tokens_per_s
@@ -58,24 +62,21 @@ def method_config(cfg: CompareConfig, path: str) -> TrainConfig:
 def run_compare(cfg: CompareConfig) -> str:
     from saekit.activations import open_cache
     from saekit.eval import evaluate_run
-    from saekit.train import train
 
     if not cfg.methods:
         raise ConfigError("methods: list at least one train YAML, e.g. [configs/topk.yaml]")
     has_grads = open_cache(cfg.cache_dir, cfg.hookpoint).has_grads
+    configs = {path: method_config(cfg, path) for path in cfg.methods}
+    trainable = [c for c in configs.values() if has_grads or not get_method(c.sae.method).needs_grads]
+    train_pending(cfg, [c for c in trainable if not RunDir(c.run_dir).is_finished()])
     rows: list[dict[str, Any]] = []
-    for path in cfg.methods:
-        train_cfg = method_config(cfg, path)
+    for path, train_cfg in configs.items():
         name = Path(path).stem
-        if get_method(train_cfg.sae.method).needs_grads and not has_grads:
+        if train_cfg not in trainable:
             logger.warning("skipping %s: the cache has no gradients (collect with capture_grads=true)", name)
             rows.append({"method": name, "skipped": "cache has no gradients"})
             continue
-        run = RunDir(train_cfg.run_dir)
-        run_dir = run.path
-        if not run.is_finished():
-            logger.info("compare: training %s", name)
-            train(train_cfg, resume=run.has_training())
+        run_dir = RunDir(train_cfg.run_dir).path
         result = _cached_eval(run_dir) if not cfg.reevaluate else None
         if result is None:
             result = evaluate_run(run_dir, EvalConfig(num_sequences=cfg.eval_sequences))
@@ -84,6 +85,57 @@ def run_compare(cfg: CompareConfig) -> str:
     out = Path(cfg.out_dir) / "compare.json"
     atomic_write_json(out, {"settings": _settings(cfg), "rows": rows})
     return format_compare_table(rows) + f"\n\nwritten: {out}"
+
+
+def train_pending(cfg: CompareConfig, pending: list[TrainConfig]) -> None:
+    """Train the unfinished methods: together from one stream where their settings allow, else alone.
+
+    A group starts when none of them has begun, and resumes when exactly the group saved in
+    <out_dir>/config.yaml is pending; any other mix (e.g. runs of an older, one-by-one comparison) goes
+    on one run at a time."""
+    from saekit.train import train
+
+    group = _group_config(cfg, [c for c in pending if _shares_stream(c, pending[0])]) if pending else None
+    together = list(group.members) if group is not None else []
+    runs = [RunDir(Path(cfg.out_dir) / m.name) for m in together]
+    if group is not None and not any(r.has_training() for r in runs):
+        logger.info("compare: training %d methods from one pass over the cache", len(together))
+        train(group)
+    elif group is not None and all(r.has_training() for r in runs) and _saved_members(cfg) == together:
+        train(group, resume=True)
+    else:
+        together = []
+    names = {m.name for m in together}
+    for train_cfg in pending:
+        if Path(train_cfg.run_dir).name not in names:
+            logger.info("compare: training %s", Path(train_cfg.run_dir).name)
+            train(train_cfg, resume=RunDir(train_cfg.run_dir).has_training())
+
+
+def _group_config(cfg: CompareConfig, configs: list[TrainConfig]) -> TrainConfig | None:
+    if len(configs) < 2:
+        return None
+    members = tuple(
+        SaeMember(name=Path(c.run_dir).name, sae=c.sae, hookpoint=c.hookpoint, lr=c.lr) for c in configs
+    )
+    return replace(configs[0], run_dir=cfg.out_dir, saes=members)
+
+
+_MEMBER_KEYS = ("sae", "lr", "run_dir", "hookpoint")
+"""What may differ between methods trained from one stream (everything else is the stream's or the loop's)."""
+
+
+def _shares_stream(a: TrainConfig, b: TrainConfig) -> bool:
+    strip = lambda c: {k: v for k, v in to_dict(c).items() if k not in _MEMBER_KEYS}
+    return strip(a) == strip(b)
+
+
+def _saved_members(cfg: CompareConfig) -> list[SaeMember] | None:
+    group = RunDir(cfg.out_dir)
+    try:
+        return list(group.load_config().members) if group.config_path.is_file() else None
+    except SaekitError:  # an unreadable group config: the runs go on one at a time
+        return None
 
 
 def _cached_eval(run_dir: Path) -> dict[str, Any] | None:

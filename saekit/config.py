@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from saekit.config_checks import require_device_name, require_path, require_positive
+from saekit.config_index import IndexConfig
 from saekit.config_io import (
     FORMAT_VERSION,
     UPGRADES,
@@ -25,6 +26,15 @@ from saekit.config_io import (
     require,
     save_config,
     to_dict,
+)
+from saekit.config_study import StudyConfig
+from saekit.config_train import (
+    LogConfig,
+    SaeMember,
+    ScheduleConfig,
+    SweepConfig,
+    check_members,
+    sweep_members,
 )
 from saekit.errors import ConfigError
 from saekit.sae.config import SaeConfig, upgrade_sae_v1
@@ -40,6 +50,7 @@ __all__ = [
     "EvalConfig",
     "IndexConfig",
     "SaeConfig",
+    "StudyConfig",
     "TrainConfig",
     "from_dict",
     "load_config",
@@ -49,6 +60,8 @@ __all__ = [
 ]
 
 StorageDtype = Literal["float32", "float16", "bfloat16"]
+HELDOUT_CORPUS = "embedded:heldout"
+"""The embedded corpus's held-out split: evaluation reads it; collection and live training refuse it."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,11 @@ class CollectConfig:
         require(
             bool(self.corpus.strip()), "corpus", "name a corpus: embedded, a .txt/.jsonl file or a directory"
         )
+        require(
+            self.corpus != HELDOUT_CORPUS,
+            "corpus",
+            "is the held-out split, kept for evaluation; use 'embedded'",
+        )
         require(bool(self.text_field.strip()), "text_field", "name the JSONL field holding the text")
         require_device_name(self.device)
         require_path(self.out_dir, "out_dir", "runs/cache")
@@ -142,8 +160,20 @@ class TrainConfig:
     """Seed of initialisation and shuffling (resume restores the RNG state)."""
     progress: bool = True
     """Show a progress bar."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Learning-rate warm-up and decay (default: constant lr)."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Optional trackers besides metrics.jsonl: Weights & Biases, TensorBoard."""
+    saes: tuple[SaeMember, ...] = ()
+    """Several SAEs trained from one activation stream, each in <run_dir>/<name>/ (empty: the one `sae`);
+    entries: {name, sae: {...}, hookpoint (null: the run's), lr (null: the run's)}."""
+    sweep: SweepConfig | None = None
+    """A grid of SAEs around `sae`, trained from one stream: {hookpoints, methods, expansion_factor, k},
+    lists (an empty one keeps the run's value)."""
 
     def __post_init__(self) -> None:
+        require(not (self.saes and self.sweep), "sweep", "give either saes: or sweep:, not both")
+        check_members(self.saes)
         require(
             self.cache_dir is not None or self.live is not None,
             "cache_dir",
@@ -182,6 +212,11 @@ class TrainConfig:
     def total_steps(self) -> int:
         return max(1, self.total_tokens // self.batch_size)
 
+    @property
+    def members(self) -> tuple[SaeMember, ...]:
+        """The SAEs of a multi-SAE run (`saes`, or the expanded `sweep`); () for a plain single-SAE run."""
+        return self.saes or (sweep_members(self.sweep, self.sae, self.hookpoint) if self.sweep else ())
+
     def resolve_lr(self, d_sae: int) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
 
@@ -206,9 +241,21 @@ class EvalConfig:
     """A latent is dense when it fires on more than this fraction of tokens."""
     device: str = "cpu"
     """Device for the model and the SAE."""
+    calibrate: Literal["none", "heldout", "cache"] = "none"
+    """Threshold methods (BatchTopK, Mutual/Feature Choice, JumpReLU): re-estimate θ so mean L0 = target
+    first (exact quantiles, saekit.eval.calibrate) on held-out text after the eval sequences, or on the
+    cache's last rows; none keeps the trained θ."""
+    calibration_rows: int = 16_384
+    """Rows used to calibrate the thresholds."""
+    seed_pair: str | None = None
+    """Another run of the same method and width (another seed): adds decoder seed consistency."""
+    absorption: bool = False
+    """Add first-letter feature absorption (Chanin et al. 2024, k-sparse probing); slow: a pass per word."""
+    synthetic: bool = False
+    """Add the synthetic ground-truth benchmark: the run's method trained on a known dictionary (MCC)."""
 
     def __post_init__(self) -> None:
-        require_positive(self, "num_sequences", "batch_size", "max_eval_rows")
+        require_positive(self, "num_sequences", "batch_size", "max_eval_rows", "calibration_rows")
         require(
             0 < self.dense_threshold <= 1, "dense_threshold", f"must be in (0, 1]; got {self.dense_threshold}"
         )
@@ -224,41 +271,6 @@ class EvalConfig:
             self.corpus is None or bool(self.corpus.strip()), "corpus", "name a corpus, or null for the run's"
         )
         require_device_name(self.device)
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """What `saekit index RUN` does: scan held-out text and store per-latent statistics and examples."""
-
-    num_sequences: int = 256
-    """Held-out sequences scanned."""
-    context_length: int | None = None
-    """Tokens per sequence; null: the training cache's context length."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
-    top_examples: int = 20
-    """Top-activating examples kept per latent."""
-    quantile_bins: int = 5
-    """Equal-mass activation bins for the quantile examples."""
-    examples_per_bin: int = 5
-    """Quantile examples per bin."""
-    compute_output_scores: bool = True
-    """Output scores (Arad et al.): a steered forward per 64 latents; most of the index time. false skips."""
-    logit_lens_top_k: int = 20
-    """Logit-lens tokens used by the input and output scores."""
-    seed: int = 0
-    """Seed of the random quantile-example sample."""
-
-    def __post_init__(self) -> None:
-        require_positive(
-            self, "num_sequences", "batch_size", "top_examples", "quantile_bins", "logit_lens_top_k"
-        )
-        require(self.examples_per_bin >= 0, "examples_per_bin", "must be >= 0")
-        require(
-            self.context_length is None or self.context_length >= 2,
-            "context_length",
-            "needs room for BOS plus one token (or null for the cache's)",
-        )
 
 
 @dataclass(frozen=True)
@@ -364,8 +376,18 @@ class BenchConfig:
     """Input width."""
     d_sae: tuple[int, ...] = (16384, 32768)
     """Dictionary widths to time (comma-separated on the command line)."""
-    k: tuple[int, ...] = (32, 64)
+    k: tuple[int, ...] = (32, 64, 128)
     """Active latents per token to time (the method's L0 key)."""
+    dead: tuple[float, ...] = (0.5,)
+    """AuxK dead fractions timed besides the 1 % of the `+auxk` column."""
+    others: tuple[str, ...] = ("batchtopk",)
+    """Other methods whose plain step (no AuxK) is timed in the same rounds."""
+    encode_path: Literal["auto", "dense", "fused"] = "auto"
+    """Encoder path of the steps (auto: measured once per machine and shape, cached; SAEKIT_ENCODE_PATH)."""
+    collection: bool = False
+    """Also time `collect` against a bare forward of the embedded model (with and without gradients)."""
+    device: str = "cpu"
+    """cpu: the step table; cuda: Triton kernels vs their torch twins, and the step vs a bf16 GEMM."""
     batch: int = 4096
     """Rows per step."""
     reps: int = 5
@@ -380,6 +402,16 @@ class BenchConfig:
     """saekit's encoder GEMM in bf16 (sae.encoder_bf16); ratios stay relative to the fp32 GEMM."""
     method: str = "topk"
     """saekit method whose training step is timed."""
+    mode: Literal["step", "streams", "ranks"] = "step"
+    """step: the training step against one GEMM; streams: N SAEs from one cache stream vs N separate runs
+    (uses the first d_sae and k, and `saes`, `tokens`); ranks: training tokens/s of 1 process vs torchrun
+    with 2..`ranks` ranks (first d_sae and k, `tokens`, `batch`)."""
+    saes: int = 4
+    """mode=streams: number of SAEs trained from one stream (and as separate runs)."""
+    tokens: int = 32_768
+    """mode=streams and mode=ranks: rows of the synthetic cache; every run trains one epoch over it."""
+    ranks: int = 2
+    """mode=ranks: the largest number of torchrun ranks timed against one process."""
 
     def __post_init__(self) -> None:
         require_positive(self, "d_in", "batch", "reps", "threads")
@@ -388,6 +420,11 @@ class BenchConfig:
         )
         require(len(self.k) > 0 and all(k > 0 for k in self.k), "k", "give values > 0, e.g. 32,64")
         get_method(self.method)  # an unknown method fails here, with close matches
+        require_positive(self, "saes", "tokens", "ranks")
+        for other in self.others:
+            get_method(other)
+        require(all(0 < f < 1 for f in self.dead), "dead", "give fractions in (0, 1), e.g. 0.01,0.5")
+        require(self.device in ("cpu", "cuda"), "device", "choose cpu or cuda")
 
 
 STAGE_CONFIGS: dict[str, type] = {
@@ -398,6 +435,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "compare": CompareConfig,
     "demo": DemoConfig,
     "bench": BenchConfig,
+    "study": StudyConfig,
 }
 """The config each CLI stage parses (`saekit <stage> --help` lists its keys)."""
 

@@ -34,6 +34,7 @@ from saekit.config_io import load_saved_config
 from saekit.errors import ConfigError, RunDirError
 from saekit.io import TMP_MARK, remove_stale_staging
 from saekit.sae import Sae, load_sae
+from saekit.sae.foreign import is_foreign_dir
 
 logger = logging.getLogger(__name__)
 
@@ -214,8 +215,12 @@ class RunDir:
         return bases[0] / relative
 
     def load_sae(self, device: str = "cpu") -> Sae:
-        """The run's SAE (final/, else the newest checkpoint) in inference mode."""
-        return load_sae(self.sae_dir(), device=device, v1_objective=self.format1_objective())
+        """The run's SAE (final/, else the newest checkpoint) in inference mode; a SAELens / sparsify /
+        dictionary_learning directory placed there is converted on the fly, as `Sae.load` does."""
+        sae_dir = self.sae_dir()
+        if is_foreign_dir(sae_dir):
+            return Sae.load(sae_dir, device)
+        return load_sae(sae_dir, device=device, v1_objective=self.format1_objective())
 
     def format1_objective(self) -> str | None:
         """The `objective` of a format-1 config.yaml, which format-1 cfg.json files did not record."""

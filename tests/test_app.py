@@ -5,82 +5,41 @@ page that shows the wrong latent, run or numbers fails.
 """
 
 import json
-import os
 import shutil
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
-from fixtures_run import TOPK_RUN, WIDE_K_RUN, build_fixture_runs
-from streamlit.testing.v1 import AppTest
+from app_testing import (
+    fixture_index,
+    fixture_model_and_sae,
+    fixture_runs,
+    keyed_table,
+    markdown_text,
+    open_app,
+    plotly_specs,
+    table,
+)
+from fixtures_run import TOPK_RUN, WIDE_K_RUN
 
-from saekit.analysis import LatentIndex, coefficient_sweep, encode_text, steer
+from saekit.analysis import coefficient_sweep, encode_text, steer
 from saekit.analysis.dead import run_timeline
-from saekit.app_launcher import RUNS_ENV
+from saekit.analysis.render import shown_token
 from saekit.runs import load_eval, load_metrics, load_run_model, load_run_sae
-
-APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
-TIMEOUT = 120  # the first run in a process imports TransformerLens and loads the model
 
 
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory):
-    return build_fixture_runs(tmp_path_factory.getbasetemp() / "saekit_runs")
+    return fixture_runs(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def index(runs_dir):
-    return LatentIndex.open(runs_dir / TOPK_RUN)
+    return fixture_index(runs_dir)
 
 
 @pytest.fixture(scope="session")
 def model_and_sae(runs_dir):
-    return load_run_model(runs_dir / TOPK_RUN), load_run_sae(runs_dir / TOPK_RUN)
-
-
-@contextmanager
-def started_with(runs_dir: Path):
-    """The app's start directory, as `saekit app RUNS_DIR` passes it (read on a session's first run)."""
-    old = os.environ.get(RUNS_ENV)
-    os.environ[RUNS_ENV] = str(runs_dir)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(RUNS_ENV)
-        else:
-            os.environ[RUNS_ENV] = old
-
-
-def open_app(runs_dir: Path, page: str | None = None, run: str | None = None) -> AppTest:
-    """The app started with RUNS_DIR = `runs_dir` (it serves nothing outside it)."""
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    if run is not None:
-        at.session_state["app_run"] = run
-    with started_with(runs_dir):
-        at.run()
-    if page is not None:
-        at.switch_page(f"pages/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def plotly_specs(at: AppTest) -> dict[str, dict]:
-    """Plotly figures on the page by their widget key suffix (e.g. 'overview_curves')."""
-    return {el.key: json.loads(el.proto.spec) for el in at.get("plotly_chart")}
-
-
-def table(at: AppTest, *columns: str):
-    """The first dataframe on the page having all `columns` (AppTest does not expose dataframe keys)."""
-    for frame in at.dataframe:
-        if set(columns) <= set(frame.value.columns):
-            return frame.value
-    raise AssertionError(f"no table with columns {columns}")
-
-
-def markdown_text(at: AppTest) -> str:
-    return "\n".join(m.value for m in at.markdown)
+    return fixture_model_and_sae(runs_dir)
 
 
 # ---------------------------------------------------------------------------------------- overview
@@ -99,7 +58,8 @@ def test_overview_lists_runs_curves_and_eval(runs_dir):
     curves = plotly_specs(at)["overview_curves"]
     metrics = load_metrics(runs_dir / TOPK_RUN)
     by_name = {trace["name"]: trace for trace in curves["data"]}
-    assert set(by_name) == {"loss", "fvu", "l0", "dead_fraction"}
+    assert set(by_name) == {"loss", "fvu", "l0", "dead_fraction", "lr", "tokens_per_s"}
+    assert by_name["lr"]["y"] == pytest.approx([row["lr"] for row in metrics])
     assert by_name["loss"]["x"] == [row["tokens"] for row in metrics]
     assert by_name["dead_fraction"]["y"] == pytest.approx([row["dead_fraction"] for row in metrics])
     eval_rows = at.dataframe[1].value
@@ -148,48 +108,80 @@ def test_latent_card_matches_the_index(runs_dir, index):
     assert list(neighbours["latent"]) == [i for i, _ in card.neighbours]
 
 
-def test_ranking_then_show_opens_that_latent(runs_dir, index):
+def click_row(at, key: str, row: int):
+    """What a click on a table row sends: the row selection of the keyed dataframe."""
+    at.session_state[key] = {"selection": {"rows": [row], "columns": []}}
+    return at.run()
+
+
+def test_clicking_a_ranking_row_opens_that_latent(runs_dir, index):
     at = open_app(runs_dir, "latents")
     at.selectbox(key="latents_sort_metric").set_value("max_activation").run()
-    ranking = table(at, "latent", "max_activation")
+    ranking = keyed_table(at, "latents_ranking_table")
     expected = index.top_by("max_activation", n=25)
     assert list(ranking["latent"]) == expected
-    at.selectbox(key="latents_ranking_pick").set_value(expected[2]).run()
-    at.button(key="latents_ranking_show").click().run()
+    preview = index.preview(expected[0])
+    assert ranking["promotes"][0] == " ".join(shown_token(t) for t in preview["promotes"])
+    click_row(at, "latents_ranking_table", 2)
     assert at.subheader[0].value == f"Latent {expected[2]}"
+    at.number_input(key="latents_id").set_value(expected[0]).run()  # the kept selection does not win
+    assert at.subheader[0].value == f"Latent {expected[0]}"
 
 
-def test_find_by_token_lists_the_api_matches(runs_dir, index):
-    card = index.latent(index.top_by("frequency", n=1)[0])
+def test_token_search_ignores_leading_space_and_case(runs_dir, index):
+    def typed(token: str) -> str:  # what a person types: no leading space, any case
+        return token.strip().upper() or token
+
+    def found_by(card) -> list[int]:
+        query = typed(card.top_examples[0].tokens[card.top_examples[0].centre])
+        return index.find_by_token_ids([i for i, _ in index.matching_tokens(query)], side="input")
+
+    # a latent whose top examples mostly peak on one word, found by that word typed without space/case
+    wordy = lambda c: any(ch.isalpha() for ch in c.top_examples[0].tokens[c.top_examples[0].centre])
+    cards = map(index.latent, index.top_by("frequency", n=index.d_sae))
+    card = next(c for c in cards if c.top_examples and wordy(c) and c.latent in found_by(c))
     token = card.top_examples[0].tokens[card.top_examples[0].centre]
+    matches = index.matching_tokens(typed(token))
+    assert token in [s for _, s in matches]
     at = open_app(runs_dir, "latents")
-    at.text_input(key="latents_token_token").input(token).run()
-    expected = index.find_by_token(token, side="input")
-    if expected:
-        assert at.selectbox(key="latents_token_pick").options == [str(i) for i in expected]
-    else:
-        assert any(c.value == "no matching latents" for c in at.caption)
-    at.text_input(key="latents_logit_token").input(card.promoted[0][0]).run()
-    expected_out = index.find_by_token(card.promoted[0][0], side="output")
-    assert card.latent in expected_out
-    assert at.selectbox(key="latents_logit_pick").options == [str(i) for i in expected_out]
+    at.text_input(key="latents_token_token").input(typed(token)).run()
+    shown = next(c.value for c in at.caption if c.value.startswith("Matched tokens"))
+    for _, spelling in matches:
+        assert f"`{shown_token(spelling)}`" in shown
+    expected = found_by(card)
+    found = keyed_table(at, "latents_token_table")
+    assert list(found["latent"]) == expected[:50]
+    click_row(at, "latents_token_table", expected.index(card.latent))
+    assert at.subheader[0].value == f"Latent {card.latent}"
+
+    promoted = card.promoted[0][0]
+    at.text_input(key="latents_logit_token").input(promoted.strip().lower() or promoted).run()
+    ids = [i for i, _ in index.matching_tokens(promoted.strip().lower() or promoted)]
+    assert card.latent in index.find_by_token_ids(ids, side="output")
     at.text_input(key="latents_token_token").input("surely-not-a-token").run()
     assert any("no vocabulary entry" in w.value for w in at.warning)
 
 
-def test_typed_text_shows_which_latents_fire_where(runs_dir, model_and_sae):
+def test_phrase_ranks_latents_relative_to_their_index_maximum(runs_dir, index, model_and_sae):
+    from saekit.analysis.search import phrase_latents
+
     text = "The cat sat on the mat."
     at = open_app(runs_dir, "latents")
     at.text_area(key="latents_text").input(text).run()
     at.button(key="latents_encode").click().run()
-    acts = encode_text(*model_and_sae, text)
+    model, sae = model_and_sae
+    acts = encode_text(model, sae, text, top_m=sae.d_sae)
     rendered = markdown_text(at)
     for latent in acts.latents[:8]:
         assert f">latent {latent}<" in rendered
     assert len(table(at, "position", "token", "latents")) == len(acts.tokens)
-    at.selectbox(key="latents_text_pick").set_value(acts.latents[1]).run()
-    at.button(key="latents_text_show").click().run()
-    assert at.subheader[0].value == f"Latent {acts.latents[1]}"
+    rows = phrase_latents(acts, index.stats["max_activation"])
+    shown = keyed_table(at, "latents_text_latents")
+    assert list(shown["latent"]) == [r["latent"] for r in rows]
+    relative = list(shown["relative"])
+    assert relative == sorted(relative, reverse=True)
+    click_row(at, "latents_text_latents", 1)
+    assert at.subheader[0].value == f"Latent {rows[1]['latent']}"
 
 
 # ---------------------------------------------------------------------------------------- steering
@@ -214,25 +206,45 @@ def test_steering_generates_default_and_steered_text(runs_dir, model_and_sae):
     assert kl == f"{expected.kl:.4f} nats"
     shift = table(at, "token_id", "p_default")
     assert list(shift["token_id"]) == [row["token_id"] for row in expected.next_token_shift]
+    assert list(shift["token"]) == [shown_token(row["token"]) for row in expected.next_token_shift]
+    # both latents' cards sit beside the controls, named as the notes name them
+    cards = [m.value for m in at.markdown if m.value.startswith("**latent ")]
+    assert cards == ["**latent 3**", "**latent 5**"]
 
 
-def test_coefficient_sweep_and_scores(runs_dir, model_and_sae, index):
+def test_sweep_with_text_steerability_and_scores(runs_dir, model_and_sae, index):
+    from saekit.analysis.steerability import steerability
+
     at = open_app(runs_dir, "steering")
     at.text_input(key="steer_latents").input("7")
     at.number_input(key="steer_max_new_tokens").set_value(1)
     at.button(key="steer_generate").click().run()
-    assert at.selectbox(key="steer_sweep_latent").value == 7
-    at.text_input(key="steer_sweep_coefs").input("0, 4, 16").run()
-    at.text_input(key="steer_target").input(" the").run()
+    assert at.text_input(key="steer_sweep_latents").value == "7"
+    at.text_input(key="steer_sweep_coefs").input("0, 4, 16")
+    at.text_input(key="steer_target").input(" the")
+    at.number_input(key="steer_sweep_new_tokens").set_value(3)
     at.button(key="steer_sweep").click().run()
     spec = plotly_specs(at)["steer_sweep_plot"]
-    rows = coefficient_sweep(*model_and_sae, "From my experience,", 7, [0, 4, 16], target_token=" the")
+    rows = coefficient_sweep(
+        *model_and_sae, "From my experience,", 7, [0, 4, 16], target_token=" the", max_new_tokens=3
+    )
     assert spec["data"][0]["x"] == [0.0, 4.0, 16.0]
     assert spec["data"][0]["y"] == pytest.approx([r["kl"] for r in rows], abs=1e-6)
     assert spec["data"][0]["y"][0] == pytest.approx(0.0, abs=1e-4)  # coefficient 0 leaves the model alone
     assert spec["data"][1]["y"] == pytest.approx([r["target_logit"] for r in rows], abs=1e-4)
+    sweep = table(at, "generated text (greedy)", "top token")
+    assert list(sweep["generated text (greedy)"]) == [r["text"].replace("\n", "↵") for r in rows]
+    assert list(sweep["top token"]) == [shown_token(r["top_token"]) for r in rows]
     scores = {m.label: m.value for m in at.metric}
     assert scores["output score"] == f"{index.latent(7).output_score:.4f}"
+
+    at.text_input(key="steer_rank_latents").input("3, 7, 11")
+    at.number_input(key="steer_rank_coef").set_value(12.0)
+    at.button(key="steer_rank").click().run()
+    expected = steerability(*model_and_sae, [3, 7, 11], 12.0, prompt="From my experience,")
+    ranked = table(at, "latent", "efficiency")
+    assert list(ranked["latent"]) == [r["latent"] for r in expected]
+    assert list(ranked["efficiency"]) == pytest.approx([r["efficiency"] for r in expected], rel=1e-4)
 
 
 def test_steering_rejects_bad_latents(runs_dir):
@@ -280,15 +292,20 @@ def test_compare_pareto_and_l0_histograms(runs_dir):
     at = open_app(runs_dir, "compare")
     specs = plotly_specs(at)
     results = [load_eval(runs_dir / name) for name in (TOPK_RUN, WIDE_K_RUN)]
-    scatter = specs["compare_pareto_fvu"]["data"][0]
+    frontier, scatter = specs["compare_pareto_fvu"]["data"]  # one method: its frontier line, its runs
+    assert (frontier["name"], scatter["name"]) == ("topk frontier", "topk")
     assert scatter["text"] == [TOPK_RUN, WIDE_K_RUN]
     assert scatter["x"] == pytest.approx([r["heldout"]["l0_mean"] for r in results])
     assert scatter["y"] == pytest.approx([r["heldout"]["fvu"] for r in results])
+    best = [(r["heldout"]["l0_mean"], r["heldout"]["fvu"]) for r in results]
+    front = [p for p in best if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in best)]
+    assert frontier["x"] == pytest.approx([p[0] for p in sorted(front)])
+    assert frontier["y"] == pytest.approx([p[1] for p in sorted(front)])
     l0 = {trace["name"]: trace for trace in specs["compare_l0_plot"]["data"]}
     assert sum(l0[WIDE_K_RUN]["y"]) == pytest.approx(1.0)
     assert max(range(len(l0[WIDE_K_RUN]["y"])), key=l0[WIDE_K_RUN]["y"].__getitem__) <= 8
     at.multiselect(key="compare_runs").set_value([WIDE_K_RUN]).run()
-    assert plotly_specs(at)["compare_pareto_fvu"]["data"][0]["text"] == [WIDE_K_RUN]
+    assert plotly_specs(at)["compare_pareto_fvu"]["data"][1]["text"] == [WIDE_K_RUN]
 
 
 def test_compare_draws_per_level_curves_when_eval_has_them(runs_dir, tmp_path):

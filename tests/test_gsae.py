@@ -269,11 +269,11 @@ def test_cli_collect_grads_train_reload_and_eval_both_modes(tmp_path):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
     # Grad-mode selection through the eval feed equals encoding with a gradient batch directly.
     fed = WithGradients(sae, [(x, g)])
-    code = fed.encode(sae.scale_input(x))
-    direct = sae.encode(sae.scale_input(x), Batch(x, grads=g / sae.act_scale))
+    code = fed.encode(x)
+    direct = sae.encode(x, Batch(x, grads=g))  # raw x and raw dL/dx
     assert torch.equal(code.indices, direct.indices)
     with pytest.raises(DataError, match="misaligned"):
-        WithGradients(sae, [(x + 1, g)]).encode(sae.scale_input(x))
+        WithGradients(sae, [(x + 1, g)]).encode(x)
 
     assert main(["eval", str(run), "num_sequences=4", "batch_size=2", "max_eval_rows=600"]) == 0
     result = json.loads((run / "eval.json").read_text())

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from saekit.analysis import LatentIndex, build_index, dense_code_of, input_scores
 from saekit.analysis.accumulate import LatentStats
 from saekit.analysis.format import EXAMPLES_FILE, STATS_FILE
-from saekit.config import CollectConfig, SaeConfig, TrainConfig, save_config
+from saekit.config import HELDOUT_CORPUS, CollectConfig, SaeConfig, TrainConfig, save_config
 from saekit.errors import RunDirError
 
 HOOK = "blocks.1.hook_resid_post"
@@ -88,29 +88,25 @@ def brute(tiny_run):
 
 
 def test_indexed_text_is_held_out(tiny_run, brute):
-    from saekit.activations import open_cache
     from saekit.data import chunk_tokens, iter_texts
     from saekit.models import bos_token_id, tokenizer_of
 
     run, model, _ = tiny_run
     tokens, _, _ = brute
-    manifest = open_cache(run.parent / "cache", HOOK).manifest
-    # the first sequence collection did not read (older manifests: the number of sequences it consumed)
-    consumed = manifest.get("next_sequence") or manifest.get("sequences_consumed")
-    assert consumed > 0
+    # an embedded-corpus run is indexed on the corpus's held-out document split, read from its start
     expected = list(
         chunk_tokens(
-            iter_texts("embedded"),
+            iter_texts(HELDOUT_CORPUS),
             tokenizer_of(model),
             32,
             bos_id=bos_token_id(model),
             max_sequences=22,
-            skip_sequences=consumed,
         )
     )
     assert torch.equal(tokens, torch.stack(expected))
     meta = json.loads((run / "index" / "index.json").read_text())
-    assert meta["text"]["skipped_sequences"] == consumed and meta["d_sae"] == 96
+    text = meta["text"]
+    assert text["corpus"] == HELDOUT_CORPUS and text["skipped_sequences"] == 0 and meta["d_sae"] == 96
 
 
 def test_frequency_mean_max_match_brute_force(tiny_run, brute):

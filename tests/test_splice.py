@@ -65,8 +65,9 @@ class FakeSae:
     def scale_input(self, x):
         return x.float() * self.act_scale
 
-    def encode(self, x, training=None):
+    def encode(self, x_raw, training=None):
         assert training is False  # eval must use inference-mode selection
+        x = self.scale_input(x_raw)  # raw in, as Sae.encode
         z = torch.cat([torch.relu(x - self.b), torch.relu(self.b - x)], dim=1)
         rows, cols = z.nonzero(as_tuple=True)
         return SparseCode.from_rows(rows, cols, z[rows, cols], x.shape[0], self.d_sae)

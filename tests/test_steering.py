@@ -1,5 +1,7 @@
 """Steering intervention (algorithms.md §9.2), output/input scores, logit lens, generation, live encoding."""
 
+import math
+
 import pytest
 import torch
 
@@ -82,7 +84,7 @@ def test_zero_coefficient_leaves_logits_unchanged(model, sae):
 def test_boost_touches_only_last_position_and_chosen_latent(model, sae):
     x = _acts(model)
     seq = x.shape[1]
-    code = sae.encode(sae.scale_input(x.reshape(-1, 64)), training=False)
+    code = sae.encode(x.reshape(-1, 64), training=False)
     mask = torch.zeros(1, seq, dtype=torch.bool)
     mask[0, -1] = True
     latent, coef = 7, 3.0
@@ -208,3 +210,47 @@ def test_out_of_range_latent_is_a_clear_error(model, sae):
 
     with pytest.raises(ConfigError, match="d_sae=128"):
         steer(model, sae, PROMPT, {128: 1.0}, max_new_tokens=1)
+
+
+def test_sweep_text_per_coefficient_matches_single_steered_generation(model, sae):
+    """Each coefficient's batched greedy text equals `steer` run alone at that coefficient (temperature 0)."""
+    coefs = [0.0, 6.0, 30.0]
+    rows = coefficient_sweep(model, sae, PROMPT, 4, coefs, max_new_tokens=4)
+    for row in rows:
+        alone = steer(model, sae, PROMPT, {4: row["coef"]}, max_new_tokens=4, seed=0, temperature=0.0)
+        assert row["text"] == alone.steered_text
+    assert (
+        rows[0]["text"] == steer(model, sae, PROMPT, {4: 0.0}, max_new_tokens=4, temperature=0.0).default_text
+    )
+    assert "text" not in coefficient_sweep(model, sae, PROMPT, 4, [1.0])[0]
+
+
+def test_sweep_of_several_latents_steers_them_together(model, sae):
+    from saekit.models import run_with_splice
+
+    rows = coefficient_sweep(model, sae, PROMPT, [4, 9], [0.0, 5.0])
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    joint = steering_splice(sae, {4: 5.0, 9: 5.0}, prompt_tokens(model, PROMPT).shape[1] - 1)
+    logits = run_with_splice(model, prompt_tokens(model, PROMPT), HOOK, joint)[0, -1]
+    assert rows[1]["top_token"] == model.tokenizer.decode([int(logits.argmax())])
+    alone = coefficient_sweep(model, sae, PROMPT, 4, [5.0])[0]
+    assert rows[1]["kl"] != pytest.approx(alone["kl"])
+
+
+def test_steerability_readout(model, sae):
+    from saekit.analysis.decoder import logit_lens
+    from saekit.analysis.steerability import steerability
+
+    rows = steerability(model, sae, [4, 9, 17], coef=0.0, batch_size=2)
+    assert sorted(r["latent"] for r in rows) == [4, 9, 17]
+    for row in rows:  # coefficient 0: nothing gained, nothing lost
+        assert row["target_gain"] == pytest.approx(0.0, abs=1e-6)
+        assert row["kl"] == pytest.approx(0.0, abs=1e-6) and row["ce_cost"] == pytest.approx(0.0, abs=1e-5)
+    rows = steerability(model, sae, [4, 9, 17], coef=20.0)
+    assert [r["efficiency"] for r in rows] == sorted((r["efficiency"] for r in rows), reverse=True)
+    by_latent = {r["latent"]: r for r in rows}
+    own = model.tokenizer.decode([int(logit_lens(model, sae, 9).argmax())])
+    assert by_latent[9]["target"] == own and by_latent[9]["kl"] > 0
+    assert by_latent[9]["perplexity_ratio"] == pytest.approx(math.exp(by_latent[9]["ce_cost"]), rel=1e-5)
+    fixed = steerability(model, sae, [4, 9], coef=20.0, target_token=" the")
+    assert {r["target"] for r in fixed} == {" the"}

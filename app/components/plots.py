@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 HEIGHT = 320
@@ -30,8 +31,31 @@ def curves_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str], x: str = 
             col=i % cols + 1,
         )
         fig.update_xaxes(title_text=x, row=i // cols + 1, col=i % cols + 1)
+        fig.update_yaxes(range=_flat_range([p[1] for p in points]), row=i // cols + 1, col=i % cols + 1)
+    fig.update_yaxes(tickformat="~g", exponentformat="e")  # 0.00226 and 3.7e-4 read as such, not as 0
     fig.update_layout(height=HEIGHT * n_rows, showlegend=False, margin=dict(t=40, b=20))
     return fig
+
+
+def _flat_range(values: Sequence[float]) -> list[float] | None:
+    """An explicit y range around a constant series (plotly would centre it in [-1, 1]); None otherwise."""
+    finite = [float(v) for v in values if isinstance(v, (int, float))]
+    if not finite or max(finite) != min(finite):
+        return None
+    v = finite[0]
+    if v == 0:  # e.g. no dead latents all along: a fraction's axis from 0
+        return [-0.05, 1.0]
+    return [v - abs(v) * 0.5, v + abs(v) * 0.5]
+
+
+def _padded(values: Sequence[float], share: float) -> list[float] | None:
+    """An axis range `share` wider than the data on each side, so edge labels stay inside the plot."""
+    finite = [float(v) for v in values if isinstance(v, (int, float))]
+    if not finite:
+        return None
+    lo, hi = min(finite), max(finite)
+    pad = (hi - lo) * share or abs(lo) * share or 1.0
+    return [lo - pad, hi + pad]
 
 
 def bars_from_histogram(
@@ -159,4 +183,60 @@ def probability_shift_figure(shift: Sequence[dict[str, Any]]) -> go.Figure:
 def marker_on_histogram(fig: go.Figure, x: float, text: str) -> go.Figure:
     """A vertical line at `x` (e.g. this latent's density among all latents)."""
     fig.add_vline(x=x, line_dash="dash", line_color="crimson", annotation_text=text)
+    return fig
+
+
+def pareto_figure(
+    points: Sequence[dict[str, Any]], x: str, y: str, *, higher_is_better: bool, title: str | None = None
+) -> go.Figure:
+    """Runs as labelled markers, one colour per method, with each method's Pareto frontier as a line
+    (`pareto_front`: the runs no other run of that method beats on both axes)."""
+    from saekit.run_summary import pareto_front
+
+    palette = qualitative.Plotly
+    fig = go.Figure()
+    methods = sorted({str(p.get("method")) for p in points})
+    for i, method in enumerate(methods):
+        mine = [
+            p
+            for p in points
+            if str(p.get("method")) == method and p.get(x) is not None and p.get(y) is not None
+        ]
+        colour = palette[i % len(palette)]
+        front = pareto_front(mine, x, y, higher_is_better=higher_is_better)
+        fig.add_trace(
+            go.Scatter(
+                x=[p[x] for p in front],
+                y=[p[y] for p in front],
+                mode="lines",
+                line=dict(color=colour, width=2),
+                name=f"{method} frontier",
+                legendgroup=method,
+                hoverinfo="skip",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[p[x] for p in mine],
+                y=[p[y] for p in mine],
+                mode="markers+text",
+                text=[str(p["name"]) for p in mine],
+                textposition="top center",
+                textfont=dict(size=11),
+                marker=dict(size=10, color=colour),
+                name=method,
+                legendgroup=method,
+                cliponaxis=False,  # labels of points at the plot edge stay readable
+                hovertemplate=f"%{{text}}<br>{x} %{{x:.4g}}<br>{y} %{{y:.4g}}<extra>{method}</extra>",
+            )
+        )
+    fig.update_layout(
+        height=HEIGHT + 40,
+        title=title,
+        margin=dict(t=60, b=40, l=60, r=30),
+        legend=dict(orientation="h", yanchor="top", y=-0.22),
+    )
+    shown = [p for p in points if p.get(x) is not None and p.get(y) is not None]
+    fig.update_xaxes(title_text=x, automargin=True, range=_padded([p[x] for p in shown], 0.12))
+    fig.update_yaxes(title_text=y, automargin=True, range=_padded([p[y] for p in shown], 0.18))
     return fig

@@ -21,6 +21,7 @@ from typing import Any
 import streamlit as st
 
 from saekit.analysis import LatentIndex, SteeringResult, coefficient_sweep, encode_text, output_score, steer
+from saekit.analysis.steerability import steerability
 from saekit.errors import RunDirError, SaekitError
 from saekit.eval.metrics import log_density_histogram
 from saekit.rundir import RunDir
@@ -229,7 +230,7 @@ def load_model_and_sae(run: RunInfo) -> tuple[Any, Any] | None:
 def _encoded(run_path: str, stamp: float, text: str) -> Any:
     sae = _sae(run_path, stamp)
     model = _model(_model_name(run_path))
-    return encode_text(model, sae, text)
+    return encode_text(model, sae, text, top_m=sae.d_sae)  # every active latent: phrase search ranks them
 
 
 def encode_live(run: RunInfo, text: str) -> Any:
@@ -286,9 +287,27 @@ def _steer(
 
 
 @st.cache_data(show_spinner="Sweeping coefficients…", max_entries=32)
-def _sweep(run_path: str, stamp: float, prompt: str, latent: int, coefs: tuple, target: str | None) -> list:
+def _sweep(
+    run_path: str,
+    stamp: float,
+    prompt: str,
+    latents: tuple,
+    coefs: tuple,
+    target: str | None,
+    new_tokens: int,
+) -> list:
     model, sae = _model(_model_name(run_path)), _sae(run_path, stamp)
-    return coefficient_sweep(model, sae, prompt, latent, list(coefs), target_token=target)
+    return coefficient_sweep(
+        model, sae, prompt, list(latents), list(coefs), target_token=target, max_new_tokens=new_tokens
+    )
+
+
+@st.cache_data(show_spinner="Measuring steerability…", max_entries=32)
+def _steerability(
+    run_path: str, stamp: float, prompt: str, latents: tuple, coef: float, target: str | None
+) -> list:
+    model, sae = _model(_model_name(run_path)), _sae(run_path, stamp)
+    return steerability(model, sae, list(latents), coef, prompt=prompt, target_token=target)
 
 
 @st.cache_data(show_spinner="Scoring the latent's output effect…", max_entries=256)
@@ -313,9 +332,21 @@ def steer_live(
     return _guarded(_steer, str(run.path), sae_stamp(run), prompt, key, max_new_tokens, seed, temperature)
 
 
-def sweep_live(run: RunInfo, prompt: str, latent: int, coefs: list[float], target: str | None) -> list | None:
-    """`coefficient_sweep` rows (KL, target logit, ... per coefficient), cached per request."""
-    return _guarded(_sweep, str(run.path), sae_stamp(run), prompt, latent, tuple(coefs), target or None)
+def sweep_live(
+    run: RunInfo, prompt: str, latents: list[int], coefs: list[float], target: str | None, new_tokens: int = 0
+) -> list | None:
+    """`coefficient_sweep` rows (KL, target logit, generated text, ... per coefficient), cached per
+    request; the latents are steered together."""
+    key = (str(run.path), sae_stamp(run), prompt, tuple(latents), tuple(coefs), target or None, new_tokens)
+    return _guarded(_sweep, *key)
+
+
+def steerability_live(
+    run: RunInfo, prompt: str, latents: list[int], coef: float, target: str | None
+) -> list | None:
+    """`steerability` rows (target gain vs KL / loss cost per latent, best first), cached per request."""
+    key = (str(run.path), sae_stamp(run), prompt, tuple(latents), float(coef), target or None)
+    return _guarded(_steerability, *key)
 
 
 def output_score_live(run: RunInfo, latent: int) -> dict[str, float] | None:

@@ -1,13 +1,15 @@
 """Compare page: evaluated runs side by side — sparsity/fidelity Pareto plots (L0 vs FVU, L0 vs CE
 recovered), per-prefix (Matryoshka) or per-k (multi/hierarchical TopK) curves when eval.json has them,
-and per-token L0 histograms. Session keys are prefixed `compare_`.
+per-token L0 histograms, and the frontiers and claim verdicts of any `saekit study` under the runs directory
+(`components/study.py`). Session keys are prefixed `compare_`.
 
     at.switch_page("pages/compare.py").run()
     at.multiselect(key="compare_runs").set_value(["tiny/topk"]).run()
 """
 
 import streamlit as st
-from components import plots, state
+from components import plots, state, study
+from components.tables import show_table
 
 from saekit.runs import eval_headline, eval_levels, method_name
 
@@ -33,7 +35,7 @@ def pareto_section() -> None:
         points.append(
             {
                 "name": name,
-                "method": method_name(evaluated[name].config),
+                "method": method_name(evaluated[name].config) if evaluated[name].config else "?",
                 "L0": head["l0"],
                 "FVU": head["fvu"],
                 "CE recovered": head["ce_recovered"],
@@ -41,18 +43,27 @@ def pareto_section() -> None:
         )
     col_fvu, col_ce = st.columns(2)
     col_fvu.plotly_chart(
-        plots.labelled_scatter(points, "L0", "FVU", title="L0 vs FVU (lower-left is better)"),
+        plots.pareto_figure(
+            points, "L0", "FVU", higher_is_better=False, title="L0 vs FVU (lower-left is better)"
+        ),
         key="compare_pareto_fvu",
     )
     col_ce.plotly_chart(
-        plots.labelled_scatter(
-            points, "L0", "CE recovered", title="L0 vs CE recovered (upper-left is better)"
+        plots.pareto_figure(
+            points,
+            "L0",
+            "CE recovered",
+            higher_is_better=True,
+            title="L0 vs CE recovered (upper-left is better)",
         ),
         key="compare_pareto_ce",
     )
-    st.dataframe(points, hide_index=True, key="compare_table")
+    points.sort(key=lambda p: (p["method"], p["L0"] if p["L0"] is not None else float("inf")))
+    show_table(points, key="compare_table", full_height=True)
     st.caption(
-        "Held-out numbers where available, else the cached training rows; CE recovered uses zero ablation."
+        "One colour per method; the line joins the runs of that method no other of its runs beats on both "
+        "axes. Held-out numbers where available, else the cached training rows; CE recovered uses zero "
+        "ablation."
     )
 
 
@@ -113,3 +124,4 @@ if not results:
 pareto_section()
 levels_section()
 l0_section()
+study.study_section()

@@ -125,7 +125,10 @@ def timeline_section(timeline) -> None:
         }
         for i in dead_ids[:500]
     ]
-    st.dataframe(rows, hide_index=True, key="dead_timeline_table")
+    if rows:
+        st.dataframe(rows, hide_index=True, key="dead_timeline_table")
+    else:
+        st.caption("No latent is dead at this checkpoint.")
     st.caption("Revivals are not recorded by the trainer: a latent that died and fired again shows as live.")
 
 

@@ -1,78 +1,87 @@
-"""Latents page: find latents (by id, by ranking, by a token they fire on, by a token they promote, or by
-encoding typed text live) and read one latent's card: example contexts as heat-maps, activation
-histogram, logit effects, decoder neighbours, density. Session keys are prefixed `latents_`.
+"""Latents page: find latents — by id, by ranking, by a word they fire on or promote (any spacing or
+case), by a phrase typed live, among the ones labelled — and read one latent's card. Every table row
+opens its latent's card when clicked. Session keys are prefixed `latents_`.
 
     at = AppTest.from_file("app/streamlit_app.py").run(); at.switch_page("pages/latents.py").run()
     at.number_input(key="latents_id").set_value(7).run()
+    at.session_state["latents_ranking_table"] = {"selection": {"rows": [2], "columns": []}}; at.run()
 """
 
-import math
-
 import streamlit as st
-from components import plots, state
-from components.heatmap import token_heatmap
+from components import state
+from components.heatmap import shown_token, token_heatmap
+from components.latent_card import full_card
+from components.notes import label, notes_of
+from components.tables import apply_pending_latent, latent_table, show_table
 
 from saekit.analysis import METRICS
+from saekit.analysis.search import phrase_latents
+
+MAX_ROWS = 50  # rows of a search result table (a common word can match hundreds of latents)
 
 st.title("Latents")
 run = state.selected_run()
 if run is None:
     st.stop()
 index = state.load_index(run)
+notes = notes_of(run)
+apply_pending_latent()
 
 
-def _choose(latent: int) -> None:
-    st.session_state["latents_id"] = int(latent)
-
-
-def candidate_picker(candidates: list[int], name: str) -> None:
-    """A selectbox of latent ids plus a button that opens the chosen one below."""
-    if not candidates:
-        st.caption("no matching latents")
-        return
-    col_pick, col_go = st.columns([3, 1])
-    pick = col_pick.selectbox(f"{len(candidates)} latents", candidates, key=f"latents_{name}_pick")
-    col_go.button("Show latent", key=f"latents_{name}_show", on_click=_choose, args=(pick,))
-
-
-def ranking_table(ids: list[int]) -> list[dict]:
-    """Stored per-latent numbers for a list of ids (rows of the ranking table)."""
-    return [{"latent": i, **{m: float(index.stats[m][i]) for m in METRICS}} for i in ids]
+def latent_rows(ids: list[int], metrics: tuple[str, ...] = ("frequency", "max_activation")) -> list[dict]:
+    """Table rows for latent ids: label, stored numbers, what each promotes and its strongest example."""
+    rows = []
+    for i in ids[:MAX_ROWS]:
+        preview = index.preview(i)
+        rows.append(
+            {
+                "latent": i,
+                "label": label(notes, i),
+                **{m: float(index.stats[m][i]) for m in metrics},
+                "promotes": " ".join(shown_token(t) for t in preview["promotes"]),
+                "top example": preview["example"].replace("\n", "↵"),
+            }
+        )
+    return rows
 
 
 def find_by_ranking() -> None:
-    metric = st.selectbox("Sort by", METRICS, key="latents_sort_metric")
-    smallest = st.toggle("Smallest first", key="latents_sort_ascending")
+    col_metric, col_order = st.columns([3, 1])
+    metric = col_metric.selectbox("Sort by", METRICS, key="latents_sort_metric")
+    smallest = col_order.toggle("Smallest first", key="latents_sort_ascending")
     ids = index.top_by(metric, n=25, descending=not smallest)
-    st.dataframe(ranking_table(ids), hide_index=True, key="latents_ranking_table")
-    candidate_picker(ids, "ranking")
+    st.caption("Click a row to open the latent's card.")
+    latent_table(latent_rows(ids, tuple(METRICS)), key="latents_ranking_table")
 
 
 def find_by_token(side: str, name: str, help_text: str) -> None:
-    token = st.text_input(
-        "Token (exact, with its leading space)", key=f"latents_{name}_token", help=help_text
+    word = st.text_input(
+        "Word or token (any leading space and case)", key=f"latents_{name}_token", help=help_text
     )
-    if not token:
+    if not word:
         return
-    if index.token_id(token) is None:
-        spaced = f" {token}" if not token.startswith(" ") else None
-        hint = f" — did you mean {spaced!r}?" if spaced and index.token_id(spaced) is not None else ""
-        st.warning(f"no vocabulary entry is exactly {token!r}{hint}")
+    matches = index.matching_tokens(word)
+    if not matches:
+        st.warning(f"no vocabulary entry is {word!r} up to spaces and case; try a shorter piece of the word")
         return
-    candidate_picker(index.find_by_token(token, side=side), name)
+    st.caption("Matched tokens: " + ", ".join(f"`{shown_token(s)}`" for _, s in matches))
+    found = index.find_by_token_ids([i for i, _ in matches], side=side)
+    if len(found) > MAX_ROWS:
+        st.caption(f"{len(found)} latents; the first {MAX_ROWS} are shown")
+    latent_table(latent_rows(found), key=f"latents_{name}_table")
+
+
+def _encode() -> None:
+    st.session_state["latents_encoded_text"] = st.session_state["latents_text"]
 
 
 def find_by_text() -> None:
     st.text_area(
-        "Text to encode live with the model and SAE",
+        "Phrase to encode live with the model and SAE",
         key="latents_text",
         value="The cat sat on the mat. The dog sat on the log.",
     )
-    st.button(
-        "Encode",
-        key="latents_encode",
-        on_click=lambda: st.session_state.update(latents_encoded_text=st.session_state["latents_text"]),
-    )
+    st.button("Encode", key="latents_encode", on_click=_encode)
     encoded_text = st.session_state.get("latents_encoded_text")
     if not encoded_text:
         return
@@ -85,87 +94,36 @@ def find_by_text() -> None:
     st.markdown("**Strongest latents on this text** (shade = activation at each token; BOS excluded)")
     for j, latent in enumerate(acts.latents[:8]):
         column = acts.values[:, j].tolist()
-        st.markdown(token_heatmap(acts.tokens, column, label=f"latent {latent}"), unsafe_allow_html=True)
+        name = f"latent {latent}" + (f" · {label(notes, latent)}" if label(notes, latent) else "")
+        st.markdown(token_heatmap(acts.tokens, column, label=name), unsafe_allow_html=True)
+    max_act = index.stats["max_activation"] if index is not None else None
+    rows = [
+        {**row, "label": label(notes, row["latent"]), "token": shown_token(row["token"])}
+        for row in phrase_latents(acts, max_act)
+    ]
+    if max_act is None:  # no index: no maximum to compare with
+        rows = [{k: v for k, v in row.items() if k != "relative"} for row in rows]
+    st.markdown(
+        "**Latents most specific to this phrase** (relative = peak here ÷ the latent's max over the "
+        "indexed text; click a row to open it)"
+        if max_act is not None
+        else "**Latents on this phrase** (no index: ranked by raw activation)"
+    )
+    latent_table(rows, key="latents_text_latents")
     per_token = [
-        {"position": t, "token": repr(tok), "latents": ", ".join(f"{i} ({v:.2f})" for i, v in row)}
+        {"position": t, "token": shown_token(tok), "latents": ", ".join(f"{i} ({v:.2f})" for i, v in row)}
         for t, (tok, row) in enumerate(zip(acts.tokens, acts.per_token, strict=True))
     ]
-    st.dataframe(per_token, hide_index=True, key="latents_text_table")
-    candidate_picker(acts.latents, "text")
+    with st.expander("Strongest latents at every token"):
+        show_table(per_token, key="latents_text_table")
 
 
-# ---------------------------------------------------------------------------------------- the card
-
-
-def examples_block(examples: list, scale: float) -> None:
-    for ex in examples:
-        label = f"{ex.activation:.2f}"
-        st.markdown(
-            token_heatmap(ex.tokens, ex.acts, centre=ex.centre, scale=scale, label=label),
-            unsafe_allow_html=True,
-        )
-
-
-def card_header(card) -> None:
-    st.subheader(f"Latent {card.latent}")
-    cols = st.columns(5)
-    cols[0].metric("frequency", f"{card.frequency:.2e}", help=f"fired on {card.count} indexed tokens")
-    cols[1].metric("mean activation", f"{card.mean_activation:.3f}")
-    cols[2].metric("max activation", f"{card.max_activation:.3f}")
-    fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"
-    cols[3].metric("input score", fmt(card.input_score), help="share of top examples whose token is in T_i")
-    cols[4].metric("output score", fmt(card.output_score), help="rank score x prob score (Arad et al.)")
-
-
-def card_examples(card) -> None:
-    st.markdown("**Top activations** (one per sequence; outlined token = the example's position)")
-    if not card.top_examples:
-        st.caption("this latent never fired on the indexed text")
-    examples_block(card.top_examples, card.max_activation)
-    bins = sorted({ex.bin for ex in card.quantile_examples})
-    for b in reversed(bins):
-        lo, hi = card.quantile_bounds[b], card.quantile_bounds[b + 1]
-        st.markdown(f"**Quantile bin {b}** (activation {lo:.2f} – {hi:.2f})")
-        examples_block([ex for ex in card.quantile_examples if ex.bin == b], card.max_activation)
-
-
-def card_tables(card) -> None:
-    promoted = [{"token": repr(t), "logit": v} for t, v in card.promoted]
-    suppressed = [{"token": repr(t), "logit": v} for t, v in card.suppressed]
-    col_up, col_down, col_nb = st.columns(3)
-    col_up.markdown("**Promoted tokens** (logit +)")
-    col_up.dataframe(promoted, hide_index=True, key="latents_promoted")
-    col_down.markdown("**Suppressed tokens** (logit −)")
-    col_down.dataframe(suppressed, hide_index=True, key="latents_suppressed")
-    col_nb.markdown("**Decoder neighbours**")
-    col_nb.dataframe(
-        [{"latent": i, "cosine": c} for i, c in card.neighbours], hide_index=True, key="latents_neighbours"
-    )
-    candidate_picker([i for i, _ in card.neighbours], "neighbour")
-
-
-def card_plots(card) -> None:
-    col_hist, col_density = st.columns(2)
-    with col_hist:
-        fig = plots.bars_from_histogram(
-            card.histogram_edges, card.histogram_counts, "activation", title="Activation histogram (non-zero)"
-        )
-        st.plotly_chart(fig, key="latents_histogram")
-    with col_density:
-        counts, edges = state.index_log_density(run)
-        fig = plots.bars_from_histogram(edges, counts, "log10 frequency", title="Density among all latents")
-        position = math.log10(card.frequency) if card.frequency > 0 else edges[0]
-        st.plotly_chart(
-            plots.marker_on_histogram(fig, position, f"latent {card.latent}"), key="latents_density"
-        )
-
-
-def latent_card(latent: int) -> None:
-    card = index.latent(latent)
-    card_header(card)
-    card_examples(card)
-    card_plots(card)
-    card_tables(card)
+def labelled_latents() -> None:
+    labelled = notes.labelled() if notes else {}
+    if not labelled:
+        st.caption("No labels yet: open a latent and use 'Label, note and export' under its name.")
+        return
+    latent_table(latent_rows([i for i in labelled if i < index.d_sae]), key="latents_labelled_table")
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -177,12 +135,12 @@ if index is None:
 
 summary = index.summary()
 st.caption(
-    f"{summary['d_sae']} latents at {summary['hookpoint']} of {summary['model_id']}, indexed on "
-    f"{summary['tokens']} held-out tokens · dead {summary['dead_fraction']:.1%} · "
+    f"{summary['d_sae']:,} latents at {summary['hookpoint']} of {summary['model_id']}, indexed on "
+    f"{summary['tokens']:,} held-out tokens · dead {summary['dead_fraction']:.1%} · "
     f"dense {summary['dense_fraction']:.1%}"
 )
-tab_id, tab_rank, tab_token, tab_logit, tab_text = st.tabs(
-    ["By id", "Ranking", "By token", "By top logit", "Typed text"]
+tab_id, tab_rank, tab_token, tab_logit, tab_text, tab_notes = st.tabs(
+    ["By id", "Ranking", "By token", "By promoted token", "Phrase", "Labelled"]
 )
 if st.session_state.get("latents_id", 0) >= index.d_sae:  # another run with fewer latents was picked
     st.session_state["latents_id"] = 0
@@ -191,11 +149,13 @@ with tab_id:
 with tab_rank:
     find_by_ranking()
 with tab_token:
-    find_by_token("input", "token", "latents whose top examples peak on this token")
+    find_by_token("input", "token", "latents whose top examples peak on this token (' the', 'The', ...)")
 with tab_logit:
-    find_by_token("output", "logit", "latents whose decoder direction promotes this token most")
+    find_by_token("output", "logit", "latents whose decoder direction promotes this token (logit lens)")
 with tab_text:
     find_by_text()
+with tab_notes:
+    labelled_latents()
 
 st.divider()
-latent_card(int(st.session_state.get("latents_id", 0)))
+full_card(run, index, notes, int(st.session_state.get("latents_id", 0)))

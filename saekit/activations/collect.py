@@ -11,6 +11,9 @@ complete shards, and discards rows before each hook point's resume row: no token
     cfg = CollectConfig(model="tiny", hookpoints=("blocks.0.hook_resid_post",), out_dir="runs/cache")
     dirs = collect(cfg)                    # {"blocks.0.hook_resid_post": Path("runs/cache/blocks.0...")}
     cache = open_cache(dirs["blocks.0.hook_resid_post"])
+
+Under `torchrun --nproc-per-node N` the ranks split the batches of sequences and write one cache together
+(`saekit.activations.ranked`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tqdm import tqdm
 
 import saekit
 from saekit.activations.cache import MANIFEST_NAME, read_manifest
+from saekit.activations.ranked import check_parts, merge_parts, part_directory
 from saekit.activations.rows import (
     RowBlock,
     SequenceBatch,
@@ -43,6 +47,7 @@ from saekit.activations.writer import CacheWriter
 from saekit.config import CollectConfig, to_dict
 from saekit.config_checks import require_device
 from saekit.errors import CacheError, CorpusError, HookpointError, check_directory_target
+from saekit.ranks import Ranks, join_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -79,19 +84,62 @@ def collect(cfg: CollectConfig, model: Any = None, *, progress: bool = True) -> 
                 f"hook point {hook!r} cannot be a directory name; use a TransformerLens hook name"
             )
         check_directory_target(Path(cfg.out_dir) / hook, "out_dir")
+    ranks = join_ranks(cfg.device)
+    for hook in hookpoints:
+        check_parts(Path(cfg.out_dir) / hook, ranks)
     if model is None:
         require_device(cfg.device, "device")
         model = model_seam().load_model(cfg.model, device=cfg.device)
     model_seam().validate_hookpoints(model, hookpoints)
     check_context_length(model, cfg.context_length)
     headers = _headers(cfg, model, hookpoints)
+    if ranks.distributed:
+        return _collect_across_ranks(cfg, model, headers, ranks, progress)
     writers = {hook: _open_writer(Path(cfg.out_dir) / hook, headers[hook]) for hook in hookpoints}
     dirs = {hook: w.directory for hook, w in writers.items()}
     if all(w.manifest["complete"] for w in writers.values()):
         logger.info("activation cache in %s is already complete; nothing to collect", cfg.out_dir)
         return dirs
-    _Collector(cfg, model, writers, progress).run()
+    _Collector(cfg, model, writers, progress, ranks).run()
     return dirs
+
+
+def _collect_across_ranks(
+    cfg: CollectConfig, model: Any, headers: dict[str, dict[str, Any]], ranks: Ranks, progress: bool
+) -> dict[str, Path]:
+    """Each rank writes a cache of its own batches (resumable per rank); rank 0 merges them at the end."""
+    dirs = {hook: Path(cfg.out_dir) / hook for hook in headers}
+    todo = None
+    if ranks.is_main:  # one rank verifies an existing cache; a damaged one fails every rank alike
+        with ranks.lead():
+            todo = [hook for hook, directory in dirs.items() if not _complete(directory, headers[hook])]
+    else:
+        ranks.follow()
+    todo = ranks.from_main(todo)
+    writers = {hook: _open_writer(part_directory(dirs[hook], ranks), headers[hook]) for hook in todo}
+    if not all(w.manifest["complete"] for w in writers.values()):
+        _Collector(cfg, model, writers, progress and ranks.is_main, ranks).run()
+    ranks.barrier()  # every rank's part is complete
+    if ranks.is_main:
+        for hook in todo:
+            merge_parts(dirs[hook], ranks.world_size)
+    ranks.barrier()  # the one manifest exists before any rank returns
+    if not todo:
+        logger.info("activation cache in %s is already complete; nothing to collect", cfg.out_dir)
+    return dirs
+
+
+def _complete(directory: Path, header: dict[str, Any]) -> bool:
+    """Whether `directory` already holds this complete cache (verified: a damaged one is refused, since
+    repairing it is a one-process job)."""
+    if not (directory / MANIFEST_NAME).is_file():
+        return False
+    if not _open_writer(directory, header).manifest["complete"]:
+        raise CacheError(
+            f"{directory} is damaged (a shard fails its hash); repair it with plain `saekit collect ...` "
+            "(no torchrun), or delete it"
+        )
+    return True
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -120,15 +168,14 @@ def _headers(cfg: CollectConfig, model: Any, hookpoints: list[str]) -> dict[str,
         "context_length": cfg.context_length,
         "tokenizer_fingerprint": tokenizer_fingerprint(model_seam().tokenizer_of(model)),
         "corpus_fingerprint": corpora().corpus_fingerprint(cfg.corpus, text_field=cfg.text_field),
+        "corpus_split": corpora().corpus_split_info(cfg.corpus),  # embedded: held-out rule and sizes
         "collect_config": config,
         "shard_tokens": cfg.shard_tokens,
         "dtype": cfg.dtype,
         "has_grads": cfg.capture_grads,
         "first_sequence": cfg.skip_sequences,
     }
-    return {
-        hook: {**common, "hookpoint": hook, "d_in": widths[hook]} for hook in hookpoints
-    }
+    return {hook: {**common, "hookpoint": hook, "d_in": widths[hook]} for hook in hookpoints}
 
 
 def _open_writer(directory: Path, header: dict[str, Any]) -> CacheWriter:
@@ -155,12 +202,16 @@ class _Collector:
     """The collection loop's state: counters shared by all hook points, writers, progress bar."""
 
     def __init__(
-        self, cfg: CollectConfig, model: Any, writers: dict[str, CacheWriter], progress: bool
+        self, cfg: CollectConfig, model: Any, writers: dict[str, CacheWriter], progress: bool, ranks: Ranks
     ) -> None:
-        self.cfg, self.model, self.writers = cfg, model, writers
+        self.cfg, self.model, self.writers, self.ranks = cfg, model, writers, ranks
         self.stored = {hook: w.rows_written for hook, w in writers.items()}
+        for writer in writers.values():
+            writer.background = True  # the next forward runs while a shard is written (see writer.py)
         self.resume_row = min(self.stored.values())
         self.row_cursor = 0  # stream index of the next kept row, identical for every hook point
+        self.own_cursor = 0  # the same, counting only this rank's batches (= row_cursor with one rank)
+        self.batches_seen = 0
         self.next_sequence = cfg.skip_sequences
         self.excluded: dict[str, int] = {}
         self.forward_tokens = 0
@@ -206,8 +257,11 @@ class _Collector:
             seqs = SequenceBatch(seqs.first_seq_id, seqs.tokens[:consumed])
             keep, excluded = keep_mask(seqs.tokens, self.model, drop_last=self.cfg.capture_grads)
         n_rows = min(int(keep.sum()), budget)
-        if self.row_cursor + n_rows > self.resume_row:
+        mine = self.batches_seen % self.ranks.world_size == self.ranks.rank
+        self.batches_seen += 1
+        if mine and self.own_cursor + n_rows > self.resume_row:
             self._store(seqs, keep, n_rows)
+        self.own_cursor += n_rows if mine else 0
         self.row_cursor += n_rows
         self.next_sequence = seqs.first_seq_id + len(seqs)
         for reason, count in excluded.items():
@@ -233,12 +287,12 @@ class _Collector:
         # Every hook point is checked before any writer sees the batch, so a bad row leaves all caches at a
         # shard boundary.
         for hook, block in blocks.items():
-            skip = self.stored[hook] - self.row_cursor
+            skip = self.stored[hook] - self.own_cursor
             if skip < len(block):
                 b = block.slice(max(skip, 0), len(block))
                 self.writers[hook].add(b.acts, b.token_ids, b.seq_ids, b.positions, b.grads)
                 self.stored[hook] += len(b)
-        self.pbar.update(max(0, self.row_cursor + n_rows - max(self.row_cursor, self.resume_row)))
+        self.pbar.update(max(0, self.own_cursor + n_rows - max(self.own_cursor, self.resume_row)))
 
     def _finish(self) -> None:
         consumed = self.next_sequence - self.cfg.skip_sequences
@@ -249,7 +303,7 @@ class _Collector:
                 )
 
     def _log_throughput(self, seconds: float) -> None:
-        new_rows = self.row_cursor - self.resume_row
+        new_rows = self.own_cursor - self.resume_row
         logger.info(
             "collected %d tokens per hook point (%d hook points, %d new) from %d sequences in %.1f s: "
             "%.0f stored tokens/s, %.0f model tokens/s; excluded positions %s",

@@ -6,6 +6,11 @@ mixes with the next fill. Positions are excluded exactly as `collect` excludes t
 `cfg.dtype` (as a cache would store them) and yielded as fp32. When the corpus runs out the stream
 starts another pass over it (logged); `cfg.max_tokens` does not apply, the trainer decides when to stop.
 
+Data parallelism (`rank`, `world_size`): every rank walks the same sequence stream and runs the model on
+its contiguous part of each batch of sequences (`Ranks.share`), so each sequence of a pass is read by one
+rank; `batch_size` is then the rank's part of the global batch. `sequences_consumed` counts the sequences
+of all ranks, so the state has the same meaning everywhere (rank 0's is saved).
+
 Resume is approximate by design: `state_dict()` records the sequences consumed; a restored stream
 continues with the next sequence, and rows that were still in the buffer when the state was saved are
 skipped (at most `buffer_tokens` rows).
@@ -53,6 +58,8 @@ class LiveStream:
         model: Any = None,
         *,
         buffer_tokens: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -66,6 +73,7 @@ class LiveStream:
         # At least two batches so that every refill emits one; 8 by default for mixing across sequences.
         self.buffer_tokens = max(buffer_tokens or 8 * batch_size, 2 * batch_size)
         self.seed = cfg.seed
+        self.rank, self.world_size = rank, world_size
         self.sequences_consumed = 0  # within the current pass, counted from cfg.skip_sequences
         self.passes = 0
         self.rows_yielded = 0
@@ -138,6 +146,14 @@ class LiveStream:
             rows["grads"] = block.grads
         return rows
 
+    def _my_part(self, seqs: SequenceBatch) -> SequenceBatch:
+        """This rank's contiguous sequences of a batch (all of them with one rank)."""
+        if self.world_size == 1:
+            return seqs
+        lo = len(seqs) * self.rank // self.world_size
+        hi = len(seqs) * (self.rank + 1) // self.world_size
+        return SequenceBatch(seqs.first_seq_id + lo, seqs.tokens[lo:hi])
+
     def _rows(self) -> Iterator[dict[str, Tensor]]:
         """Rows of each forward pass, cycling over the corpus; advances `sequences_consumed`."""
         while True:
@@ -145,8 +161,11 @@ class LiveStream:
             skip = self.cfg.skip_sequences + self.sequences_consumed
             try:
                 for seqs in iter_sequence_batches(self.cfg, self.model, skip_sequences=skip):
-                    rows = self._rows_of(seqs)
+                    mine = self._my_part(seqs)
+                    rows = self._rows_of(mine) if len(mine) else None
                     self.sequences_consumed += len(seqs)
+                    if rows is None:
+                        continue
                     produced = produced or rows["acts"].shape[0] > 0
                     yield rows
             except CorpusError:

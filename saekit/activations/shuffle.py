@@ -12,6 +12,12 @@ not fit in what is left of an epoch is completed with the first rows of the next
 size; every row still appears exactly once in each epoch's `num_tokens` rows of the stream). With a finite
 `epochs`, the final batch may be short.
 
+Data parallelism: `batch_size` is the *global* batch. With `world_size` N, every rank computes the same
+stream and keeps only its contiguous part of each batch (`Ranks.share`: rows [B·r/N, B·(r+1)/N)), so
+the N ranks together see exactly the rows a single reader with batch B sees, each row of an epoch once
+across ranks, and the state (rows delivered, global) is the same on every rank. Each rank still loads
+whole windows (the shuffle spans shards), but only converts its own rows to fp32.
+
     reader = ShuffledReader(open_cache("runs/cache"), 4096, seed=0, buffer_tokens=262_144)
     for batch in reader: ...                 # Batch(acts fp32, grads fp32 or None, token_ids)
     state = reader.state_dict()              # later: reader.load_state_dict(state) continues exactly
@@ -63,6 +69,8 @@ class ShuffledReader:
         seed: int = 0,
         buffer_tokens: int = 262_144,
         epochs: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size <= 0 or buffer_tokens <= 0:
             raise ValueError(
@@ -70,10 +78,15 @@ class ShuffledReader:
             )
         if epochs is not None and epochs <= 0:
             raise ValueError(f"epochs must be positive or None (infinite), got {epochs}")
+        if not 0 <= rank < world_size or batch_size < world_size:
+            raise ValueError(
+                f"rank {rank} of {world_size}: need 0 <= rank < world_size <= batch_size ({batch_size})"
+            )
         if cache.num_tokens == 0:
             raise DataError(f"the cache at {cache.directory} holds no rows; re-run collect with more text")
         self.cache, self.batch_size, self.seed = cache, batch_size, seed
         self.buffer_tokens, self.epochs = buffer_tokens, epochs
+        self.rank, self.world_size = rank, world_size
         self.rows_delivered = 0
         if buffer_tokens < max(cache.shard_sizes):
             logger.warning(
@@ -102,7 +115,9 @@ class ShuffledReader:
             if pending_rows == 0:
                 return
             take = min(self.batch_size, pending_rows)
-            batch, pending = _gather(pending, take)
+            head, pending = _cut(pending, take)
+            lo, hi = take * self.rank // self.world_size, take * (self.rank + 1) // self.world_size
+            batch = _gather(_cut(_cut(head, hi)[0], lo)[1])
             pending_rows -= take
             # Advance before yielding so state_dict() taken after receiving a batch already counts it.
             self.rows_delivered += take
@@ -188,24 +203,31 @@ def _generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
-def _gather(
-    pending: list[tuple[dict[str, Tensor], Tensor]], take: int
-) -> tuple[Batch, list[tuple[dict[str, Tensor], Tensor]]]:
-    """Cut `take` rows off the front of the pending pieces and build one fp32 Batch from them."""
-    acts, grads, token_ids = [], [], []
-    rest = list(pending)
-    while take > 0:
+def _cut(
+    pieces: list[tuple[dict[str, Tensor], Tensor]], take: int
+) -> tuple[list[tuple[dict[str, Tensor], Tensor]], list[tuple[dict[str, Tensor], Tensor]]]:
+    """Split pieces (window tensors, row indices) into the first `take` rows and the rest."""
+    head: list[tuple[dict[str, Tensor], Tensor]] = []
+    rest = list(pieces)
+    while take > 0 and rest:
         tensors, idx = rest.pop(0)
-        head, tail = idx[:take], idx[take:]
-        acts.append(tensors["acts"][head].float())
-        token_ids.append(tensors["token_ids"][head])
+        head.append((tensors, idx[:take]))
+        if idx.numel() > take:
+            rest.insert(0, (tensors, idx[take:]))
+        take -= min(take, idx.numel())
+    return head, rest
+
+
+def _gather(pieces: list[tuple[dict[str, Tensor], Tensor]]) -> Batch:
+    """One fp32 Batch from the rows the pieces index."""
+    acts, grads, token_ids = [], [], []
+    for tensors, idx in pieces:
+        acts.append(tensors["acts"][idx].float())
+        token_ids.append(tensors["token_ids"][idx])
         if "grads" in tensors:
-            grads.append(tensors["grads"][head].float())
-        if tail.numel():
-            rest.insert(0, (tensors, tail))
-        take -= head.numel()
+            grads.append(tensors["grads"][idx].float())
     cat = lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts)
-    return Batch(acts=cat(acts), grads=cat(grads) if grads else None, token_ids=cat(token_ids)), rest
+    return Batch(acts=cat(acts), grads=cat(grads) if grads else None, token_ids=cat(token_ids))
 
 
 def _check_finite(shard: dict[str, Tensor], path: Any) -> None:

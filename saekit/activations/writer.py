@@ -3,8 +3,16 @@
 Rows are buffered and cut into shards of exactly `shard_tokens` rows (the last may be shorter). Each shard
 is written to a temporary name, fsynced and renamed (`saekit.io.atomic_path`), then the manifest is
 rewritten atomically, so after a crash the manifest lists only whole, hashed shards and a resumed
-collection continues at the first missing one. Normalisation statistics are accumulated in fp64 per shard
-(on the stored values), so a resumed cache gets bit-identical statistics.
+collection continues at the first missing one.
+
+With `background = True` (what `collect` sets), shards are written by one background thread shared by all
+writers of the process (so the model's next forward pass runs while a shard is hashed and fsynced), in
+exactly the order they were cut. A writer keeps
+at most one shard in flight (bounded memory); an error in the thread is raised in the caller's thread by
+the writer's next `add` or `finish`, and `finish` returns only once everything is on disk.
+
+Normalisation statistics are accumulated in fp64 per shard (on the stored values), so a resumed cache gets
+bit-identical statistics.
 
     writer = CacheWriter.create(out_dir / hook, header, shard_tokens=65_536, dtype="float32")
     writer.add(acts, token_ids, seq_ids, positions)        # any number of times
@@ -15,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +94,19 @@ def grads_dtype_for(dtype: str) -> str:
     return "float32" if dtype == "float16" else dtype
 
 
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _shard_thread() -> ThreadPoolExecutor:
+    """The process-wide writer thread: one worker, so shards land in the order they were submitted."""
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saekit-shard-writer")
+        return _EXECUTOR
+
+
 class CacheWriter:
     """Appends rows to the cache of one hook point. Use `create` for a new cache, `resume` to continue."""
 
@@ -93,6 +116,9 @@ class CacheWriter:
         self.stats = stats
         self._pending: list[dict[str, Tensor]] = []
         self._pending_rows = 0
+        self._in_flight: Future | None = None
+        self.background = False
+        """Write full shards on the shared writer thread (off: `add` returns once they are on disk)."""
         self._acts_dtype = getattr(torch, manifest["dtype"])
         self._grads_dtype = getattr(torch, manifest.get("grads_dtype") or grads_dtype_for(manifest["dtype"]))
 
@@ -159,7 +185,11 @@ class CacheWriter:
         positions: Int[Tensor, " n"],
         grads: Float[Tensor, "n d_in"] | None = None,
     ) -> None:
-        """Buffer rows (cast to the storage dtype); write every shard that fills up."""
+        """Buffer rows (cast to the storage dtype); write every shard that fills up (in the background).
+        Rows already in the storage dtype on CPU are kept by reference, not copied: do not modify them
+        after the call."""
+        if self._in_flight is not None and self._in_flight.done():
+            self._wait()  # a failed background write stops the collection at the next batch
         if self.manifest["complete"]:
             raise CacheError(f"{self.directory} is complete; open a new out_dir to collect more")
         n, d_in = acts.shape[0], int(self.manifest["d_in"])
@@ -180,10 +210,11 @@ class CacheWriter:
         self._pending.append(row)
         self._pending_rows += n
         while self._pending_rows >= self.shard_tokens:
-            self._write_shard(self._take(self.shard_tokens))
+            self._submit_shard(self._take(self.shard_tokens))
 
     def finish(self, *, num_sequences: int, next_sequence: int, excluded: dict[str, int]) -> None:
         """Write the remaining rows as a last (shorter) shard and mark the cache complete."""
+        self._wait()
         if self._pending_rows:
             self._write_shard(self._take(self._pending_rows))
         self.manifest["num_sequences"] = num_sequences
@@ -199,8 +230,26 @@ class CacheWriter:
         )
 
     # ------------------------------------------------------------------------------ internals
+    def _submit_shard(self, tensors: dict[str, Tensor]) -> None:
+        """Hand a cut shard to the writer thread, after this writer's previous one is on disk."""
+        self._wait()
+        if self.background:
+            self._in_flight = _shard_thread().submit(self._write_shard, tensors)
+        else:
+            self._write_shard(tensors)
+
+    def _wait(self) -> None:
+        """Block until this writer's shard in flight is written; its error (if any) is raised here."""
+        future, self._in_flight = self._in_flight, None
+        if future is not None:
+            future.result()
+
     def _take(self, n: int) -> dict[str, Tensor]:
-        """Pop the first n buffered rows as one tensor per name."""
+        """Pop the first n buffered rows as one tensor per name (no copy when one buffered block holds
+        exactly the shard; the rows handed over are never written to again)."""
+        if len(self._pending) == 1 and self._pending_rows == n:
+            self._pending_rows = 0
+            return {name: t.contiguous() for name, t in self._pending.pop().items()}
         merged = {name: torch.cat([p[name] for p in self._pending]) for name in self._pending[0]}
         head = {name: t[:n].contiguous() for name, t in merged.items()}
         rest = {name: t[n:] for name, t in merged.items()}

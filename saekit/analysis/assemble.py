@@ -37,11 +37,19 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def assemble_arrays(
-    model: Any, sae: Any, scan: ScanResult, settings: IndexSettings, *, progress: bool = True
+    model: Any,
+    sae: Any,
+    scan: ScanResult,
+    settings: IndexSettings,
+    *,
+    progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, dict[str, Tensor]]:
-    """The `stats` and `examples` tensors of the index, from a scan plus the SAE's weights."""
+    """The `stats` and `examples` tensors of the index, from a scan plus the SAE's weights; the seconds
+    of each phase go into `timings` (`weights_seconds`, `output_scores_seconds`) when given."""
     from saekit.models import final_norm_and_unembed
 
+    timings = {} if timings is None else timings
     start = time.perf_counter()
     stats = scan.stats
     top_valid = torch.isfinite(scan.top.score)
@@ -49,11 +57,16 @@ def assemble_arrays(
     top_tokens = token_windows(scan.tokens, scan.top.seq_ids(), scan.top.pos, *settings.context_window)
     top_max_tokens = top_tokens[:, :, centre]  # −1 for empty slots
     effects = logit_effects(
-        sae.W_dec, final_norm_and_unembed(model), top_n=settings.logit_top_n, lens_k=settings.logit_lens_top_k
+        sae.W_dec,
+        final_norm_and_unembed(model),
+        top_n=settings.logit_top_n,
+        lens_k=settings.logit_lens_top_k,
+        progress="index: logit effects" if progress else None,
     )
     effects = {k: v.cpu() for k, v in effects.items()}
     nb_ids, nb_cos = decoder_neighbours(sae.W_dec, top_n=settings.neighbours)
-    logger.info("logit effects and decoder neighbours done (%.1f s)", time.perf_counter() - start)
+    timings["weights_seconds"] = time.perf_counter() - start
+    logger.info("logit effects and decoder neighbours done (%.1f s)", timings["weights_seconds"])
     out = {
         "count": stats.count,
         "frequency": stats.frequency(),
@@ -73,7 +86,8 @@ def assemble_arrays(
     }
     start = time.perf_counter()
     out.update(_output_score_arrays(model, sae, effects["lens_ids"], settings, progress))
-    logger.info("output scores done (%.1f s)", time.perf_counter() - start)
+    timings["output_scores_seconds"] = time.perf_counter() - start
+    logger.info("output scores done (%.1f s)", timings["output_scores_seconds"])
     examples = {
         **_top_arrays(scan.top, top_tokens),
         **_quantile_arrays(scan.sample, stats, settings, scan.tokens),
@@ -93,7 +107,8 @@ def _output_score_arrays(model, sae, lens_ids, settings: IndexSettings, progress
         amp=settings.output_amp,
         logit_lens_top_k=settings.logit_lens_top_k,
         lens_ids=lens_ids,
-        progress=progress,
+        batch_size=settings.output_batch_size,
+        progress="index: output scores" if progress else None,
     )
     return {
         "output_score": scores["output_score"],

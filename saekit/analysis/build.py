@@ -18,9 +18,9 @@ per bin. Activations are the SAE's latent values (inputs scaled by `act_scale`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,51 +32,41 @@ from torch import Tensor
 
 import saekit
 from saekit.analysis.assemble import assemble_arrays, decoded_vocab_for, write_index
-from saekit.analysis.format import HISTOGRAM_BINS, INDEX_FORMAT_VERSION, NEUTRAL_PROMPTS
+from saekit.analysis.format import HISTOGRAM_BINS, INDEX_FORMAT_VERSION
 from saekit.analysis.scan import IndexSettings, ScanResult, scan_activations
-from saekit.analysis.scores import OUTPUT_AMP
-from saekit.config import EvalConfig
-from saekit.errors import check_directory_target
+from saekit.config import EvalConfig, IndexConfig
+from saekit.errors import ConfigError, check_directory_target
 from saekit.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
 
 def build_index(
-    run_dir: str | Path,
-    *,
-    model: Any = None,
-    num_sequences: int = 256,
-    context_length: int | None = None,
-    batch_size: int = 8,
-    top_examples: int = 20,
-    quantile_bins: int = 5,
-    examples_per_bin: int = 5,
-    context_window: tuple[int, int] = (16, 4),
-    progress: bool = True,
-    logit_lens_top_k: int = 20,
-    prompts: Sequence[str] = NEUTRAL_PROMPTS,
-    output_amp: float = OUTPUT_AMP,
-    min_input_examples: int = 10,
-    compute_output_scores: bool = True,
-    seed: int = 0,
+    run_dir: str | Path, config: IndexConfig | None = None, *, model: Any = None, **keys: Any
 ) -> Path:
-    """Build `<run_dir>/index/` (replacing an older one atomically) and return its path."""
+    """Build `<run_dir>/index/` (replacing an older one atomically) and return its path.
+
+    `config` (default: `IndexConfig()`) with `keys` replacing its fields; the keys are those of
+    `saekit index --help`. `model`: the run's model, already loaded (default: loaded by name).
+    """
+    cfg = _index_config(config, keys)
     settings = IndexSettings(
-        num_sequences=num_sequences,
-        context_length=context_length,
-        batch_size=batch_size,
-        top_examples=top_examples,
-        quantile_bins=quantile_bins,
-        examples_per_bin=examples_per_bin,
-        context_window=tuple(context_window),
-        logit_lens_top_k=logit_lens_top_k,
-        prompts=tuple(prompts),
-        output_amp=float(output_amp),
-        min_input_examples=min_input_examples,
-        output_scores=compute_output_scores,
-        seed=seed,
+        num_sequences=cfg.num_sequences,
+        context_length=cfg.context_length,
+        batch_size=cfg.batch_size,
+        top_examples=cfg.top_examples,
+        quantile_bins=cfg.quantile_bins,
+        examples_per_bin=cfg.examples_per_bin,
+        context_window=(int(cfg.context_window[0]), int(cfg.context_window[1])),
+        logit_lens_top_k=cfg.logit_lens_top_k,
+        prompts=tuple(cfg.prompts),
+        output_amp=float(cfg.output_amp),
+        min_input_examples=cfg.min_input_examples,
+        output_scores=cfg.compute_output_scores,
+        seed=cfg.seed,
+        output_batch_size=cfg.output_batch_size,
     )
+    progress = cfg.progress
     run_dir = Path(run_dir)
     run = open_run(run_dir, settings, model)
     check_directory_target(RunDir(run_dir).index_dir, "run")  # before the scan, not at its end
@@ -89,8 +79,9 @@ def build_index(
         scan_seconds,
         scan.positions / max(scan_seconds, 1e-9),
     )
-    arrays = assemble_arrays(run.model, run.sae, scan, settings, progress=progress)
-    meta = _meta(run, scan, settings, scan_seconds, time.perf_counter() - start)
+    timings = {"scan_seconds": scan_seconds}
+    arrays = assemble_arrays(run.model, run.sae, scan, settings, progress=progress, timings=timings)
+    meta = _meta(run, scan, settings, timings, time.perf_counter() - start)
     path = write_index(RunDir(run_dir).index_dir, arrays, meta, decoded_vocab_for(run.model, arrays))
     logger.info(
         "index written to %s (%.0f tokens/s over the scan, %.1f s in all)",
@@ -141,7 +132,9 @@ def open_run(run_dir: Path, settings: IndexSettings, model: Any = None) -> Index
     return IndexedRun(run_dir, checkpoint, sae, model, plan, tokens)
 
 
-def _meta(run: IndexedRun, scan: ScanResult, settings: IndexSettings, scan_s: float, total_s: float) -> dict:
+def _meta(
+    run: IndexedRun, scan: ScanResult, settings: IndexSettings, timings: dict[str, float], total_s: float
+) -> dict:
     from saekit.models import model_id
 
     sae, plan, tokens = run.sae, run.plan, run.tokens
@@ -180,14 +173,28 @@ def _meta(run: IndexedRun, scan: ScanResult, settings: IndexSettings, scan_s: fl
             "quantiles": f"of non-zero activations, from a {scan.stats.bins}-bin streaming histogram",
             "histogram": f"{HISTOGRAM_BINS} equal bins over [0, max_activation]",
             "input_score": "share of top examples whose max token is in the logit-lens top-k (NaN: too few)",
-            "output_score": "rank_score * prob_score with amp*max boost at the prompt's last position",
+            "output_score": "rank_score * prob_score with amp*max boost at the prompt's last position "
+            "(prefix shared: exact up to fp32 summation order)",
         },
         "throughput": {
-            "scan_seconds": scan_s,
-            "scan_tokens_per_s": scan.positions / max(scan_s, 1e-9),
+            **timings,
+            "scan_tokens_per_s": scan.positions / max(timings["scan_seconds"], 1e-9),
             "total_seconds": total_s,
         },
     }
+
+
+def _index_config(config: IndexConfig | None, keys: dict[str, Any]) -> IndexConfig:
+    """`config` with `keys` replaced; an unknown key is a one-line error naming the valid ones."""
+    config = config or IndexConfig()
+    known = {f.name for f in dataclasses.fields(IndexConfig)}
+    unknown = sorted(set(keys) - known)
+    if unknown:
+        raise ConfigError(
+            f"build_index: unknown key(s) {unknown}; valid keys: {', '.join(sorted(known))} "
+            "(see `saekit index --help`)"
+        )
+    return dataclasses.replace(config, **keys)
 
 
 def _manifest(train_cfg: Any) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 LATENT_BLOCK = 512
 """Latents per block: a [512, 49152] fp32 logit block is ~100 MB, a [512, d_sae] cosine block less."""
@@ -28,12 +29,15 @@ def logit_effects(
     top_n: int = 10,
     lens_k: int = 20,
     block: int = LATENT_BLOCK,
+    progress: str | None = None,
 ) -> dict[str, Tensor]:
     """Per latent: the `top_n` most promoted and most suppressed tokens of W_dec[i] read through the final
     norm and unembedding (`promoted_ids/logits`, `suppressed_ids/logits`), and the `lens_k` tokens of
-    largest logit-lens probability (`lens_ids`, the set T_i of algorithms.md §9.2)."""
+    largest logit-lens probability (`lens_ids`, the set T_i of algorithms.md §9.2). `progress`: the name
+    of a progress bar over latents (None: no bar)."""
     top = max(top_n, lens_k)
     parts: dict[str, list[Tensor]] = {"up_ids": [], "up": [], "down_ids": [], "down": []}
+    bar = tqdm(total=W_dec.shape[0], desc=progress, unit="latent", disable=progress is None)
     for lo in range(0, W_dec.shape[0], block):
         logits = unembed(W_dec[lo : lo + block].float()).float()
         up = torch.topk(logits, min(top, logits.shape[1]), dim=1)
@@ -42,6 +46,8 @@ def logit_effects(
         parts["up"].append(up.values)
         parts["down_ids"].append(down.indices)
         parts["down"].append(down.values)
+        bar.update(logits.shape[0])
+    bar.close()
     up_ids, up = torch.cat(parts["up_ids"]), torch.cat(parts["up"])
     return {
         "promoted_ids": up_ids[:, :top_n].to(torch.int32),

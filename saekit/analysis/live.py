@@ -60,7 +60,7 @@ def encode_text(model: Any, sae: Any, text: str, *, top_m: int = 16, per_token: 
 
 def dense_code_of(sae: Any, acts: Float[Tensor, "rows d_in"]) -> Float[Tensor, "rows d_sae"]:
     """Dense [rows, d_sae] inference-mode code of raw activations (small inputs: one text, tests)."""
-    code = sae.encode(sae.scale_input(acts.float()), training=False)
+    code = sae.encode(acts.float(), training=False)
     dense = torch.zeros(code.batch_size, sae.d_sae)
     dense.index_put_(
         (code.row_ids().cpu(), code.indices.cpu()), code.values.detach().float().cpu(), accumulate=True

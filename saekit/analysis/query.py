@@ -56,6 +56,11 @@ class Example:
     bin: int | None = None
     """Activation-quantile bin (0 = lowest) for quantile examples; None for top examples."""
 
+    @property
+    def key(self) -> tuple[int, int]:
+        """(sequence, position): the same firing has the same key in the top and quantile lists."""
+        return self.seq_id, self.position
+
 
 @dataclass
 class LatentCard:
@@ -73,6 +78,9 @@ class LatentCard:
     quantile_examples: list[Example]
     quantile_bounds: list[float]
     """Activation bounds of the quantile bins: bin b covers [bounds[b], bounds[b+1]]."""
+    quantile_repeats: int
+    """Quantile samples left out of `quantile_examples` because they are already top examples (rarely
+    firing latents: their few firings are sampled into the bins and also kept as top examples)."""
     promoted: list[tuple[str, float]]
     """(token, logit) most raised by the decoder direction through the final norm + unembedding."""
     suppressed: list[tuple[str, float]]
@@ -160,33 +168,67 @@ class LatentIndex:
     def find_by_token(
         self, token: str, *, side: Literal["both", "input", "output"] = "both", min_fraction: float = 0.5
     ) -> list[int]:
-        """Latents tied to the token whose decoded string is exactly `token` (e.g. " Paris").
-
-        Input side: the token is the max-activating token of at least `min_fraction` of the latent's top
-        examples (and of at least one). Output side: the token is in the latent's logit-lens top-k (the
-        tokens its decoder direction promotes most, T_i). Input matches come first (by that fraction, then
-        max activation), then output-only matches (by the token's rank in T_i).
-        """
+        """Latents tied to the token whose decoded string is exactly `token` (e.g. " Paris"); see
+        `find_by_token_ids`. `matching_tokens` finds every spelling of a word first."""
         token_id = self.token_id(token)
-        if token_id is None:
+        return (
+            []
+            if token_id is None
+            else self.find_by_token_ids([token_id], side=side, min_fraction=min_fraction)
+        )
+
+    def find_by_token_ids(
+        self,
+        token_ids: list[int],
+        *,
+        side: Literal["both", "input", "output"] = "both",
+        min_fraction: float = 0.5,
+    ) -> list[int]:
+        """Latents tied to any of `token_ids` (e.g. ' the', 'The', ' The').
+
+        Input side: one of the tokens is the max-activating token of at least `min_fraction` of the
+        latent's top examples (and of at least one). Output side: one of them is in the latent's logit-lens
+        top-k (the tokens its decoder direction promotes most, T_i). Input matches come first (by that
+        fraction, then max activation), then output-only matches (by the best rank in T_i).
+        """
+        if not token_ids:
             return []
+        wanted = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
         found: list[int] = []
         if side in ("both", "input"):
-            tops = self.stats["top_max_tokens"]
+            tops = self.stats["top_max_tokens"].long()
             n = self.stats["n_top_examples"].clamp(min=1).double()
-            hits = (tops == token_id).sum(1)
+            hits = torch.isin(tops, wanted).sum(1)
             frac = hits.double() / n
             hit = (frac >= min_fraction) & (hits > 0)
             ids = hit.nonzero().flatten()
             key = frac[ids] * 1e6 + self.stats["max_activation"][ids].double().clamp(max=1e5)
             found += ids[torch.argsort(key, descending=True, stable=True)].tolist()
         if side in ("both", "output"):
-            match = self.stats["lens_ids"] == token_id
+            match = torch.isin(self.stats["lens_ids"].long(), wanted)
             ids = match.any(1).nonzero().flatten()
             rank = match[ids].float().argmax(1)
             seen = set(found)
             found += [i for i in ids[torch.argsort(rank, stable=True)].tolist() if i not in seen]
         return found
+
+    def matching_tokens(self, query: str) -> list[tuple[int, str]]:
+        """(id, exact string) of every vocabulary entry equal to `query` up to spaces and case."""
+        from saekit.analysis.search import matching_tokens
+
+        return matching_tokens(self.vocab, query)
+
+    def preview(self, i: int, n_tokens: int = 3, before: int = 8, after: int = 3) -> dict[str, Any]:
+        """A one-line view of latent `i` for tables: its top promoted tokens and its top example's text,
+        `before`/`after` tokens around the firing token in [brackets] (reads one example slice only)."""
+        promoted = self.decode(self.stats["promoted_ids"][i, :n_tokens].tolist())
+        tokens = self._examples.get_slice("top_tokens")[i][0].tolist()
+        centre = int(self.meta["settings"]["context_window"][0])
+        kept = [(w, t) for w, t in enumerate(tokens) if t >= 0 and centre - before <= w <= centre + after]
+        words = self.decode([t for _, t in kept])
+        text = "".join(f"[{s}]" if w == centre else s for (w, _), s in zip(kept, words, strict=True))
+        fired = bool(self.stats["n_top_examples"][i] > 0)
+        return {"promotes": promoted, "example": text if fired else ""}
 
     def token_id(self, token: str) -> int | None:
         """Id of the vocabulary entry whose decoded string is `token` (the lowest id if several)."""
@@ -214,6 +256,8 @@ class LatentIndex:
         levels = self.stats["quantile_levels"].tolist()
         max_act = float(s["max_activation"])
         bins = s["histogram"].numel()
+        top, quantiles = self._examples_of(i, "top"), self._examples_of(i, "quant")
+        shown = {ex.key for ex in top}  # a quantile sample equal to a top example would repeat it
         return LatentCard(
             latent=i,
             count=int(s["count"]),
@@ -223,9 +267,10 @@ class LatentIndex:
             quantiles=dict(zip(levels, s["quantiles"].tolist(), strict=True)),
             histogram_edges=[max_act * b / bins for b in range(bins + 1)],
             histogram_counts=s["histogram"].tolist(),
-            top_examples=self._examples_of(i, "top"),
-            quantile_examples=self._examples_of(i, "quant"),
+            top_examples=top,
+            quantile_examples=[ex for ex in quantiles if ex.key not in shown],
             quantile_bounds=self._examples.get_slice("quant_bounds")[i].tolist(),
+            quantile_repeats=sum(ex.key in shown for ex in quantiles),
             promoted=self._token_table(s["promoted_ids"], s["promoted_logits"]),
             suppressed=self._token_table(s["suppressed_ids"], s["suppressed_logits"]),
             neighbours=list(zip(s["neighbour_ids"].tolist(), s["neighbour_cos"].tolist(), strict=True)),

@@ -25,6 +25,8 @@ from saekit.errors import ConfigError
 
 DENSE_ELEMENTS = 1 << 24
 """Largest dense [sequences, seq, d_sae] code block built at once (64 MB fp32); bounds memory at any d_sae."""
+SCAN_PHASE = "scan"
+"""Progress-bar name of the streaming pass (the other phases: `assemble.py`)."""
 SAMPLE_OVERSAMPLING = 3
 """Random examples kept per latent = this × quantile_bins × examples_per_bin, so most bins fill."""
 
@@ -56,9 +58,11 @@ class IndexSettings:
     min_input_examples: int
     """Fewer top examples than this gives a NaN input score."""
     output_scores: bool
-    """Compute output scores (a steered full forward per 64 latents per prompt: the slowest part)."""
+    """Compute output scores (one packed pass per `output_batch_size` latents per prompt)."""
     seed: int
     """Seed of the random example sample."""
+    output_batch_size: int = 256
+    """Latents per output-score pass."""
     logit_top_n: int = 10
     """Promoted and suppressed tokens stored per latent."""
     neighbours: int = 10
@@ -73,6 +77,7 @@ class IndexSettings:
             "examples_per_bin": self.examples_per_bin >= 0,
             "context_window": min(self.context_window) >= 0 and len(self.context_window) == 2,
             "logit_lens_top_k": self.logit_lens_top_k > 0,
+            "output_batch_size": self.output_batch_size > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -112,12 +117,12 @@ def scan_activations(
         0,
     )
     generator = torch.Generator().manual_seed(settings.seed)
-    bar = tqdm(total=n * seq, desc="index", unit="tok", unit_scale=True, disable=not progress)
+    bar = tqdm(total=n * seq, desc=f"index: {SCAN_PHASE}", unit="tok", unit_scale=True, disable=not progress)
     for lo in range(0, n, settings.batch_size):
         batch = tokens[lo : lo + settings.batch_size]
         acts = capture(model, batch, [sae.hookpoint]).acts[sae.hookpoint]
         special = special_token_mask(batch, model).cpu()
-        code = sae.encode(sae.scale_input(acts.reshape(-1, acts.shape[-1])), training=False)
+        code = sae.encode(acts.reshape(-1, acts.shape[-1]), training=False)
         rows, latents = code.row_ids().cpu(), code.indices.cpu()
         values = code.values.detach().float().cpu()
         keep = ~special.reshape(-1)[rows] & (values > 0)

@@ -8,7 +8,9 @@ last prompt position and every generated position — exactly what KV-cached gen
 
     result = steer(model, sae, "I think that", {123: 8.0}, max_new_tokens=20, seed=0, temperature=0.7)
     result.default_text, result.steered_text, result.kl
-    rows = coefficient_sweep(model, sae, "I think that", 123, [0, 2, 4, 8], target_token=" dog")
+    rows = coefficient_sweep(model, sae, "I think that", 123, [0, 2, 4, 8], target_token=" dog",
+                             max_new_tokens=8)
+    rows[2]["text"]                                    # greedy continuation at coefficient 4
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def steer_activations(
 ) -> Float[Tensor, "batch seq d_in"]:
     """The §9.2 intervention on raw hook activations: decode(f') + ε with ε = x − decode(f) in float64."""
     rows = x.reshape(-1, x.shape[-1]).float()
-    code = sae.encode(sae.scale_input(rows), training=False)
+    code = sae.encode(rows, training=False)
     scale = float(sae.act_scale)
     error = rows.double() - sae.decode(code).double() / scale
     boosted = boost_code(code, latents, coefs, steer_mask.to(rows.device))
@@ -102,8 +104,8 @@ def steering_splice(sae: Any, latents: dict[int, float], from_position: int) -> 
     coefs = torch.tensor([list(latents.values())], dtype=torch.float32)
 
     def splice(act: Tensor) -> Tensor:
-        batch, seq = act.shape[:2]
-        mask = (torch.arange(seq, device=act.device) >= from_position).expand(batch, seq)
+        batch = act.shape[0]
+        mask = _from_position(act, from_position)
         return steer_activations(sae, act, ids.expand(batch, -1), coefs.expand(batch, -1), mask)
 
     return splice
@@ -163,7 +165,7 @@ def steer(
     """Generate from `prompt` with and without steering `latents` ({latent: coef}), same seed for both."""
     from saekit.models import logits_of, run_with_splice, tokenizer_of
 
-    _check_latents(sae, latents)
+    check_latents(sae, latents)
     tokens = prompt_tokens(model, prompt)
     first = tokens.shape[1] - 1  # the last prompt position and everything generated after it
     splice = steering_splice(sae, latents, first)
@@ -210,19 +212,24 @@ def coefficient_sweep(
     model: Any,
     sae: Any,
     prompt: str,
-    latent: int,
+    latent: int | Sequence[int],
     coefs: Sequence[float],
     target_token: str | None = None,
+    *,
+    max_new_tokens: int = 0,
 ) -> list[dict[str, Any]]:
-    """Next-token effect of steering `latent` at the prompt's last position, one row per coefficient:
-    {coef, kl (to the unsteered distribution), top_token, top_prob, and target_logit/target_prob}."""
+    """Next-token effect of steering `latent` (or several latents together, each at the same coefficient)
+    at the prompt's last position, one row per coefficient: {coef, kl (to the unsteered distribution),
+    top_token, top_prob, and target_logit/target_prob}. With `max_new_tokens`, each row also holds `text`:
+    the greedy continuation generated while steering (all coefficients decoded together, one batch)."""
     from saekit.models import logits_of, run_with_splice, tokenizer_of
 
-    _check_latents(sae, {latent: 0.0})
+    latents = [int(latent)] if isinstance(latent, int) else [int(i) for i in latent]
+    check_latents(sae, dict.fromkeys(latents, 0.0))
     tokens = prompt_tokens(model, prompt)
     n, seq = len(coefs), tokens.shape[1]
-    ids = torch.full((n, 1), latent, dtype=torch.long)
-    coef_t = torch.tensor(list(coefs), dtype=torch.float32)[:, None]
+    ids = torch.tensor([latents] * n, dtype=torch.long)
+    coef_t = torch.tensor(list(coefs), dtype=torch.float32)[:, None].expand(n, len(latents))
     mask = torch.zeros(n, seq, dtype=torch.bool)
     mask[:, -1] = True
     fn = lambda act: steer_activations(sae, act, ids, coef_t, mask.to(act.device))
@@ -232,6 +239,7 @@ def coefficient_sweep(
     kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
     target = token_id_of(model, target_token) if target_token is not None else None
     tok = tokenizer_of(model)
+    texts = _greedy_steered_texts(model, sae, tokens, ids, coef_t, max_new_tokens) if max_new_tokens else None
     rows = []
     for j, coef in enumerate(coefs):
         top = int(torch.argmax(logp[j]))
@@ -248,11 +256,50 @@ def coefficient_sweep(
                 target_logit=float(logits[j, target]),
                 target_prob=float(logp[j, target].exp()),
             )
+        if texts is not None:
+            row["text"] = texts[j]
         rows.append(row)
     return rows
 
 
-def _check_latents(sae: Any, latents: dict[int, float]) -> None:
+@torch.no_grad()
+def _greedy_steered_texts(
+    model: Any,
+    sae: Any,
+    tokens: Int[Tensor, "1 seq"],
+    ids: Int[Tensor, "rows m"],
+    coefs: Float[Tensor, "rows m"],
+    max_new_tokens: int,
+) -> list[str]:
+    """Greedy continuations of one prompt, row r steered with (ids[r], coefs[r]) from the last prompt
+    position on; rows share every forward. A row stops growing at the end-of-text token."""
+    from saekit.models import run_with_splice, tokenizer_of
+
+    tok = tokenizer_of(model)
+    rows, first = ids.shape[0], tokens.shape[1] - 1
+    seqs = tokens.cpu().expand(rows, -1).clone()
+    fn = lambda act: steer_activations(sae, act, ids, coefs, _from_position(act, first))
+    for _ in range(max_new_tokens):
+        nxt = run_with_splice(model, seqs, sae.hookpoint, fn)[:, -1].argmax(-1).cpu()
+        seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+        if tok.eos_token_id is not None and bool(
+            (seqs[:, tokens.shape[1] :] == tok.eos_token_id).any(1).all()
+        ):
+            break
+    out = []
+    for row in seqs[:, tokens.shape[1] :].tolist():
+        if tok.eos_token_id is not None and tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id)]
+        out.append(tok.decode(row))
+    return out
+
+
+def _from_position(act: Tensor, first: int) -> Bool[Tensor, "batch seq"]:
+    batch, seq = act.shape[:2]
+    return (torch.arange(seq, device=act.device) >= first).expand(batch, seq)
+
+
+def check_latents(sae: Any, latents: dict[int, float]) -> None:
     from saekit.errors import ConfigError
 
     bad = [i for i in latents if not 0 <= int(i) < sae.d_sae]

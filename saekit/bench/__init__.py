@@ -1,10 +1,15 @@
 """`saekit bench`: speed and memory of a training step, as ratios to one encoder GEMM, measured in one run.
 
-saekit bench                                   # d_in=768, d_sae∈{16384,32768}, k∈{32,64}, B=4096
+saekit bench                                   # d_in=768, d_sae∈{16384,32768}, k∈{32,64,128}, B=4096
 saekit bench d_sae=4096 k=16 batch=1024 reps=3 memory=false
 saekit bench bf16=true                         # saekit's encoder GEMM in bf16 (sae.encoder_bf16), where
                                                # native; the output says which dtype actually ran
 saekit bench method=batchtopk d_sae=16384 k=32   # another method's training step
+saekit bench reps=3 d_sae=16384 memory=false dense=false   # the quick table (~4 min on 2 quiet cores)
+saekit bench collection=true                   # + tokens/s of `collect` vs a bare model forward
+saekit bench device=cuda                       # Triton kernels vs torch twins (a CUDA machine only)
+saekit bench mode=streams saes=4 d_sae=4096      # N SAEs from one cache stream vs N separate runs
+saekit bench mode=ranks d_sae=4096 batch=1024    # tokens/s: 1 process vs torchrun with 2 ranks
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 
 import torch
 
+from saekit.bench.collection import collection_lines
 from saekit.bench.memory import measure_in_subprocess
 from saekit.bench.step import StepBenchConfig, time_step_ratios
 from saekit.config import BenchConfig
@@ -23,21 +29,44 @@ logger = logging.getLogger(__name__)
 
 
 def run_bench(cfg: BenchConfig) -> str:
-    torch.set_num_threads(cfg.threads)
-    with_memory, with_dense, bf16 = cfg.memory, cfg.dense, cfg.bf16
-    from saekit.kernels import kernel_backend
+    if cfg.mode == "streams":  # N SAEs from one cache stream vs N separate runs
+        from saekit.bench.streams import run_streams_bench
 
+        return run_streams_bench(cfg)
+    if cfg.mode == "ranks":  # training tokens/s: one process vs torchrun data parallelism
+        from saekit.bench.ranks import run_ranks_bench
+
+        return run_ranks_bench(cfg)
+    if cfg.device == "cuda":
+        from saekit.bench.device import run_device_bench
+
+        return run_device_bench(cfg)
+    return "\n".join(_step_table(cfg) + (collection_lines(cfg) if cfg.collection else []))
+
+
+def _step_table(cfg: BenchConfig) -> list[str]:
+    """The step table: per (d_sae, k), the trainer's step for each variant as a multiple of one GEMM."""
+    from saekit.kernels import kernel_backend
+    from saekit.sae.encode_path import cpu_capability, set_encode_path
+
+    torch.set_num_threads(cfg.threads)
+    if cfg.encode_path != "auto":  # auto leaves SAEKIT_ENCODE_PATH (or the measurement) in charge
+        set_encode_path(cfg.encode_path)
+    with_memory, with_dense, bf16 = cfg.memory, cfg.dense, cfg.bf16
+    extra = [f"auxk@{f:g}" for f in cfg.dead] + list(cfg.others)
     lines = [
         f"saekit bench: method={cfg.method} backend={kernel_backend()} threads={torch.get_num_threads()} "
-        f"cpu={cpu_description()} fp32"
+        f"cpu={cpu_description()} capability={cpu_capability()} fp32"
         f"{' (saekit encoder GEMM in bf16 requested)' if bf16 else ''}; times are "
         "medians of interleaved repetitions; ratios are to one encoder GEMM [B,d_in]x[d_in,d_sae] into a "
         "fresh output (step/warm: to the same GEMM into a preallocated output)",
-        f"{'d_sae':>6} {'k':>3} {'B':>5} | {'gemm ms':>8} {'step':>6} {'+auxk':>6} {'dense':>6} "
-        f"{'dense/saekit':>12} {'step/warm':>9} | peak MiB (budget): saekit / +auxk / dense",
+        f"{'d_sae':>6} {'k':>3} {'B':>5} | {'gemm ms':>8} {'step':>6} {'+auxk':>6} "
+        + "".join(f"{name:>10} " for name in extra)
+        + f"{'dense':>6} {'dense/saekit':>12} {'step/warm':>9} | peak MiB (budget): saekit / +auxk / dense",
     ]
     peaks: dict[int, list[tuple[int, float, float]]] = {}
     bf16_ran: set[bool] = set()
+    paths: set[str] = set()
     for d_sae, k in itertools.product(cfg.d_sae, cfg.k):
         step_cfg = StepBenchConfig(
             d_in=cfg.d_in,
@@ -49,23 +78,26 @@ def run_bench(cfg: BenchConfig) -> str:
             method=cfg.method,
         )
         logger.info("timing d_sae=%d k=%d", d_sae, k)
-        timings = time_step_ratios(step_cfg, include_dense=with_dense)
+        timings = time_step_ratios(
+            step_cfg, include_dense=with_dense, dead_fractions=cfg.dead, other_methods=cfg.others
+        )
         bf16_ran.add(timings["encoder_bf16_ran"] == 1.0)
-        row = _timing_row(step_cfg, timings, with_dense)
+        paths.add(f"d_sae={d_sae} k={k}: {timings['encode_path']}")
+        row = _timing_row(step_cfg, timings, with_dense, extra)
         if with_memory:
             variants = ["saekit", "saekit_auxk"] + (["dense"] if with_dense else [])
-            mems = [measure_in_subprocess(v, step_cfg) for v in variants]
+            mems = [measure_in_subprocess(v, step_cfg, cfg.encode_path) for v in variants]
             row += " " + " / ".join(f"{m['peak_mib']:.0f}" for m in mems) + f" ({mems[0]['budget_mib']:.0f})"
             peaks.setdefault(k, []).append((d_sae, mems[0]["peak_mib"], mems[0]["budget_mib"]))
         lines.append(row)
     lines.append(encoder_path_line(bf16, bf16_ran))
+    lines += sorted(paths)
     lines += _memory_growth_lines(peaks)
     lines.append(
-        "targets (issue 3): step ≤ 1.35× GEMM at d_sae=16384,k=32; +auxk ≤ 1.5× with 1% dead; "
-        "dense ≥ 4× saekit; peak grows with d_sae only as the budget does (weights+grads+Adam+one "
-        "[B,d_sae] tensor)"
+        "targets (issue 14): step ≤ 1.2× GEMM at d_sae=16384,k=32 (≤ 1.6× at k=128); +auxk ≤ 1.3× with 1% "
+        "dead; peak ≤ weights+grads+Adam+one pre-activation buffer ([B,d_sae] dense path, one tile fused)"
     )
-    return "\n".join(lines)
+    return lines
 
 
 def encoder_path_line(requested: bool, ran: set[bool]) -> str:
@@ -97,11 +129,13 @@ def cpu_description() -> str:
     return f"{model} [{'/'.join(isa) or 'no avx2'}]"
 
 
-def _timing_row(cfg: StepBenchConfig, r: dict[str, float], with_dense: bool) -> str:
+def _timing_row(cfg: StepBenchConfig, r: dict, with_dense: bool, extra: list[str]) -> str:
     dense = f"{r['dense_ratio']:6.2f} {r['dense_over_saekit']:12.2f}" if with_dense else f"{'-':>6} {'-':>12}"
     return (
         f"{cfg.d_sae:>6} {cfg.k:>3} {cfg.batch:>5} | {r['gemm_s'] * 1e3:8.2f} {r['saekit_ratio']:6.2f} "
-        f"{r['saekit_auxk_ratio']:6.2f} {dense} {r['saekit_over_warm_gemm']:9.2f} |"
+        f"{r['saekit_auxk_ratio']:6.2f} "
+        + "".join(f"{r[f'{name}_ratio']:10.2f} " for name in extra)
+        + f"{dense} {r['saekit_over_warm_gemm']:9.2f} |"
     )
 
 

@@ -1,7 +1,9 @@
 """Peak memory of a few training steps, measured in a fresh subprocess per configuration.
 
 The budget a sparse step should stay near: parameters + gradients + two Adam moments (4× the weights) plus
-one [B, d_sae] pre-activation tensor. A dense step adds dense [B, d_sae] codes and gradients on top.
+one [B, d_sae] pre-activation tensor, or one [rows, latents] tile when the fused encoder path ran
+(`saekit.sae.encode_path`; the child reads the path the parent measured from its cache). A dense step adds
+dense [B, d_sae] codes and gradients on top.
 
     python -m saekit.bench.memory variant=saekit d_sae=16384 k=32     # prints one JSON line
     row = measure_in_subprocess("saekit", StepBenchConfig())
@@ -10,6 +12,7 @@ one [B, d_sae] pre-activation tensor. A dense step adds dense [B, d_sae] codes a
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -23,9 +26,15 @@ from saekit.bench.step import StepBenchConfig, make_dense_step, make_saekit_step
 MiB = 2**20
 
 
-def expected_budget_bytes(cfg: StepBenchConfig) -> int:
+def expected_budget_bytes(cfg: StepBenchConfig, fused: bool = False) -> int:
+    """Weights + gradients + Adam (4× the weights) + the batch + one pre-activation buffer: the whole
+    [B, d_sae] h on the dense path, one [rows, latents] tile on the fused path."""
+    from saekit.sae.encode_path import TILING
+
     weights = (2 * cfg.d_in * cfg.d_sae + cfg.d_sae + cfg.d_in) * 4
-    return 4 * weights + cfg.batch * cfg.d_sae * 4 + cfg.batch * cfg.d_in * 4
+    h_buffer = TILING.clamp(cfg.batch, cfg.d_sae, cfg.k) if fused else None
+    h_bytes = h_buffer.rows * h_buffer.latents * 4 if h_buffer else cfg.batch * cfg.d_sae * 4
+    return 4 * weights + h_bytes + cfg.batch * cfg.d_in * 4
 
 
 def _peak_rss_bytes() -> int:
@@ -51,22 +60,29 @@ def measure_here(variant: str, cfg: StepBenchConfig, steps: int = 2) -> dict[str
     for _ in range(steps):
         step()
     peak = _peak_rss_bytes() - before
-    budget = expected_budget_bytes(cfg)
+    from saekit.sae.encode_path import last_path
+
+    fused = variant != "dense" and last_path() == "fused"
+    budget = expected_budget_bytes(cfg, fused=fused)
     return {
         "variant": variant,
+        "path": "fused" if fused else "dense",
         "peak_mib": peak / MiB,
         "budget_mib": budget / MiB,
         "peak_over_budget": peak / budget,
     }
 
 
-def measure_in_subprocess(variant: str, cfg: StepBenchConfig) -> dict[str, float]:
+def measure_in_subprocess(variant: str, cfg: StepBenchConfig, encode_path: str = "auto") -> dict[str, float]:
     args = [f"{k}={v}" for k, v in asdict(cfg).items()]
+    from saekit.sae.encode_path import ENV_VAR
+
     out = subprocess.run(
         [sys.executable, "-m", "saekit.bench.memory", f"variant={variant}", *args],
         capture_output=True,
         text=True,
         check=True,
+        env=None if encode_path == "auto" else {**os.environ, ENV_VAR: encode_path},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

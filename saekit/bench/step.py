@@ -10,6 +10,7 @@ variant alike.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -44,11 +45,16 @@ def _timeit(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def make_saekit_step(cfg: StepBenchConfig, x: torch.Tensor, with_aux: bool) -> Callable[[], None]:
-    """The trainer's step on `x`, with `dead_fraction` of the latents held dead when `with_aux`."""
+def make_saekit_step(
+    cfg: StepBenchConfig, x: torch.Tensor, with_aux: bool, method: str | None = None
+) -> Callable[[], None]:
+    """The trainer's step on `x` (`method`, default cfg.method), with `dead_fraction` of the latents held
+    dead when `with_aux`."""
     from saekit.sae import Sae, init_sae_from_data_, make_objective
     from saekit.train.step import FixedDeadMask, make_optimizer, training_step
 
+    if method is not None:
+        cfg = dataclasses.replace(cfg, method=method)
     sae_cfg = bench_sae_config(cfg, with_aux)
     sae = Sae(cfg.d_in, sae_cfg)
     init_sae_from_data_(sae, x[:2048])
@@ -103,8 +109,18 @@ def make_dense_step(cfg: StepBenchConfig, x: torch.Tensor) -> Callable[[], None]
     return step
 
 
-def time_step_ratios(cfg: StepBenchConfig, include_dense: bool = True) -> dict[str, float]:
-    """Median seconds per variant and ratios to one encoder GEMM."""
+def time_step_ratios(
+    cfg: StepBenchConfig,
+    include_dense: bool = True,
+    *,
+    dead_fractions: tuple[float, ...] = (),
+    other_methods: tuple[str, ...] = (),
+) -> dict[str, float | str]:
+    """Median seconds per variant and ratios to one encoder GEMM. Variants: `saekit` (cfg.method, no AuxK),
+    `saekit_auxk` (cfg.dead_fraction dead), `auxk@<f>` per extra dead fraction, `<method>` per other
+    method (no AuxK), `dense`. `encode_path` says which encoder path cfg.method's step took."""
+    from saekit.sae.encode_path import describe_last_choice
+
     torch.manual_seed(cfg.seed)
     x = torch.randn(cfg.batch, cfg.d_in)
     W = torch.randn(cfg.d_in, cfg.d_sae) / cfg.d_in**0.5
@@ -118,11 +134,20 @@ def time_step_ratios(cfg: StepBenchConfig, include_dense: bool = True) -> dict[s
         "saekit": make_saekit_step(cfg, x, with_aux=False),
         "saekit_auxk": make_saekit_step(cfg, x, with_aux=True),
     }
+    for fraction in dead_fractions:
+        variants[f"auxk@{fraction:g}"] = make_saekit_step(
+            dataclasses.replace(cfg, dead_fraction=fraction), x, with_aux=True
+        )
+    for method in other_methods:
+        variants[method] = make_saekit_step(cfg, x, with_aux=False, method=method)
     if include_dense:
         variants["dense"] = make_dense_step(cfg, x)
-    for fn in variants.values():
+    path = ""
+    for name, fn in variants.items():
         for _ in range(cfg.warmup):
             fn()
+        if name == "saekit":
+            path = describe_last_choice()
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(cfg.reps):
         for name, fn in variants.items():
@@ -137,4 +162,5 @@ def time_step_ratios(cfg: StepBenchConfig, include_dense: bool = True) -> dict[s
     result["encoder_bf16_ran"] = 1.0 if ran == torch.bfloat16 else 0.0
     if include_dense:
         result["dense_over_saekit"] = medians["dense"] / medians["saekit"]
+    result["encode_path"] = path
     return result

@@ -1,7 +1,8 @@
 """Text corpora: one `iter_texts(source)` for every accepted format, plus a content fingerprint.
 
 Accepted sources:
-- `"embedded"`: the offline demo corpus (see `saekit.data.embedded_corpus`);
+- `"embedded"`: the offline corpus's training split; `"embedded:heldout"`: its held-out split (see
+  `saekit.data.embedded_corpus`; collection refuses the held-out split);
 - a `.txt` file: the whole file is one document;
 - a directory: every `*.txt` and `*.md` file below it (recursively, sorted by relative path), one document
   each;
@@ -10,6 +11,7 @@ Blank documents are skipped. Order is deterministic, so a corpus + skip count na
 
     for text in iter_texts("embedded"): ...
     fingerprint = corpus_fingerprint("data/notes.jsonl", text_field="body")   # for manifests
+    split = corpus_split_info("embedded")     # the held-out split rule and sizes, or None
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from saekit.data.embedded_corpus import embedded_corpus_path, embedded_documents
+from saekit.data.embedded_corpus import (
+    embedded_corpus_info,
+    embedded_corpus_path,
+    embedded_documents,
+    split_of_corpus,
+)
 from saekit.errors import CorpusError
 
 logger = logging.getLogger(__name__)
 
 _ACCEPTED = (
-    "'embedded' (the offline demo corpus), a .txt file, a directory of .txt/.md files, "
+    "'embedded' (the offline corpus, training split), a .txt file, a directory of .txt/.md files, "
     'or a .jsonl file with one {"text": ...} object per line'
 )
 _fingerprints: dict[tuple, str] = {}
@@ -34,8 +42,9 @@ _fingerprints: dict[tuple, str] = {}
 
 def iter_texts(source: str, text_field: str = "text") -> Iterator[str]:
     """Yield the documents of `source` in a fixed order (see the module docstring for formats)."""
-    if source == "embedded":
-        yield from embedded_documents()
+    split = split_of_corpus(source)
+    if split is not None:
+        yield from embedded_documents(split)
         return
     path = Path(source).expanduser()
     if path.is_dir():
@@ -66,6 +75,15 @@ def corpus_fingerprint(source: str, text_field: str = "text") -> str:
             digest.update(data)
         _fingerprints[key] = digest.hexdigest()
     return _fingerprints[key]
+
+
+def corpus_split_info(source: str) -> dict[str, Any] | None:
+    """For the embedded corpus: which split `source` names plus the split rule and sizes (recorded in
+    cache manifests, so evaluation can prove its text is disjoint from training); None otherwise."""
+    split = split_of_corpus(source)
+    if split is None:
+        return None
+    return {"split": split, **embedded_corpus_info()}
 
 
 def _iter_directory(root: Path) -> Iterator[str]:
@@ -111,7 +129,7 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
 
 def _stat_signature(source: str) -> tuple:
     """Cheap change detector for the fingerprint cache: (path, size, mtime) of every file involved."""
-    if source == "embedded":
+    if split_of_corpus(source) is not None:
         return (str(embedded_corpus_path()),)
     path = Path(source).expanduser()
     files = sorted(path.rglob("*")) if path.is_dir() else [path]

@@ -4,7 +4,8 @@ Two kinds of numbers, kept apart in the output:
 - ``cached``: FVU / L0 / density on the *last* `max_eval_rows` rows of the training cache. These rows were
   also seen in training, so they measure fit, not generalisation.
 - ``heldout``: the same reconstruction metrics plus spliced-model CE/KL on `num_sequences` sequences of
-  text the SAE never saw (the corpus from the cache manifest, skipping the sequences collection consumed).
+  text the SAE never saw: for the embedded corpus its held-out document split ("embedded:heldout"),
+  otherwise the corpus from the cache manifest, skipping the sequences collection consumed.
 
     result = evaluate_run("runs/topk", EvalConfig(num_sequences=32))
     logger.info("\\n%s", format_eval_table(result))
@@ -12,6 +13,7 @@ Two kinds of numbers, kept apart in the output:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -22,14 +24,17 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from saekit.config import EvalConfig, TrainConfig, to_dict
+from saekit.config import HELDOUT_CORPUS, EvalConfig, TrainConfig, to_dict
 from saekit.config_checks import require_device
 from saekit.errors import CorpusError, DataError, RunDirError, check_directory_target
 from saekit.eval.cached_rows import cached_row_metrics, iter_last_rows
+from saekit.eval.calibrate import calibrate_thresholds_, target_l0
+from saekit.eval.extras import extra_metrics
 from saekit.eval.grad_modes import SELECTION_MODE_METRICS
 from saekit.eval.levels import level_metrics, level_report
 from saekit.eval.metrics import ReconstructionStats
 from saekit.eval.splice import ABLATIONS, EXCLUDED_POSITIONS, spliced_losses
+from saekit.eval.text_rows import activation_rows, collect_rows
 from saekit.io import atomic_write_json
 from saekit.rundir import RunDir
 from saekit.sae import get_method
@@ -37,6 +42,8 @@ from saekit.sae import get_method
 logger = logging.getLogger(__name__)
 
 EVAL_FORMAT_VERSION = 1
+TRAIN_SPLIT_CORPUS = "embedded"
+"""Corpus name of the embedded training split; its evaluation text is HELDOUT_CORPUS."""
 DEFAULT_EVAL = EvalConfig()  # frozen, so one shared default instance is safe
 
 
@@ -81,7 +88,10 @@ def plan_heldout(train_cfg: TrainConfig, manifest: dict[str, Any] | None, cfg: E
         raise RunDirError(
             "the run's config has neither cache_dir nor live; cannot tell what it was trained on"
         )
-    if cfg.corpus is not None and cfg.corpus != corpus:
+    if cfg.corpus is None and corpus == TRAIN_SPLIT_CORPUS:
+        # the embedded corpus's held-out documents (split by source text) are never read by collection
+        corpus, skip, why = HELDOUT_CORPUS, 0, "held-out document split of the embedded corpus"
+    elif cfg.corpus is not None and cfg.corpus != corpus:
         skip, why = 0, "eval corpus differs from the training corpus"
     elif consumed is None:
         skip, why = _sequences_used(manifest)
@@ -180,9 +190,6 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
             f"the cache at {cache.directory} has d_in={cache.d_in} but the SAE in {checkpoint} has "
             f"d_in={sae.d_in}; point the run's cache_dir at the cache it was trained on"
         )
-    cached = None
-    if cache is not None:
-        cached = cached_row_metrics(cache, sae, cfg.max_eval_rows, cfg.dense_threshold)
     plan = plan_heldout(train_cfg, cache.manifest if cache is not None else None, cfg)
     if model is None:
         from saekit.models import load_model
@@ -191,6 +198,10 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
     _warn_if_other_model(model, sae)
     check_model_fits_sae(model, sae, plan.context_length)
     tokens = heldout_tokens(model, plan, cfg.num_sequences)
+    calibration = calibrate_for_eval(sae, cfg, model, plan, cache)  # before any metric: θ changes codes
+    cached = None
+    if cache is not None:
+        cached = cached_row_metrics(cache, sae, cfg.max_eval_rows, cfg.dense_threshold)
     mean_act, mean_source = _ablation_mean(cache, cached)
     if mean_act is None:
         mean_act = mean_activation(model, tokens, sae.hookpoint, cfg.batch_size)
@@ -198,6 +209,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
     losses = spliced_losses(model, sae, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
 
     result = _assemble(run.path, checkpoint, sae, cfg, plan, cached, heldout, losses, mean_source)
+    result["sparsity_target"] = {"target_l0": target_l0(sae), "calibration": calibration}
+    rows = collect_rows(model, tokens, sae.hookpoint, batch_size=cfg.batch_size, max_rows=cfg.max_eval_rows)
+    result["extras"] = extra_metrics(sae, cfg, rows=rows, model=model)
     modes = get_method(sae.cfg.method).selection_modes  # e.g. g-SAE: also gradient-informed selection
     if modes:
         result["selection_modes"] = {
@@ -211,6 +225,27 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
     atomic_write_json(run.eval_path, result)
     logger.info("wrote %s", run.eval_path)
     return result
+
+
+def calibrate_for_eval(
+    sae: Any, cfg: EvalConfig, model: Any, plan: HeldOutText, cache: Any
+) -> dict[str, Any] | None:
+    """cfg.calibrate: re-estimate the SAE's inference thresholds (in memory; the checkpoint is unchanged)
+    on held-out text after the evaluated sequences, or on the cache's last rows; the report, or None."""
+    if cfg.calibrate == "none":
+        return None
+    if cfg.calibrate == "cache":
+        if cache is None:
+            raise DataError("calibrate=cache needs the run's activation cache; use calibrate=heldout")
+        rows, source = iter_last_rows(cache, cfg.calibration_rows), "last rows of the training cache"
+    else:
+        count = math.ceil(cfg.calibration_rows / max(plan.context_length - 2, 1)) + 1
+        later = dataclasses.replace(plan, skip_sequences=plan.skip_sequences + cfg.num_sequences)
+        tokens = heldout_tokens(model, later, count)
+        rows = activation_rows(model, tokens, sae.hookpoint, batch_size=cfg.batch_size)
+        source = f"{plan.corpus}: {len(tokens)} sequences after the {cfg.num_sequences} evaluated"
+    report = calibrate_thresholds_(sae, rows, max_rows=cfg.calibration_rows)
+    return None if report is None else {**report, "source": source}
 
 
 def check_model_fits_sae(model: Any, sae: Any, context_length: int) -> None:
@@ -332,6 +367,13 @@ def format_eval_table(result: dict[str, Any]) -> str:
     both("FVU", "fvu")
     both("1 - FVU", "explained_variance")
     both("L0", "l0_mean", "{:.2f}")
+    target = result.get("sparsity_target") or {}
+    if target.get("target_l0") is not None:  # side by side with the achieved L0 (θ calibrated or not)
+        label = "L0 target" + (" (θ calibrated)" if target.get("calibration") else "")
+        rows.append((label, _fmt(target["target_l0"], "{:.2f}"), _fmt(target["target_l0"], "{:.2f}")))
+    shrink = ((result.get("extras") or {}).get("shrinkage")) or {}
+    if shrink:
+        rows.append(("L2 ratio ||x̂||/||x||", "", _fmt(shrink.get("l2_ratio"))))
     both("dead latents %", "dead_fraction", "{:.2f}", 100.0)
     both("dense latents %", "dense_fraction", "{:.2f}", 100.0)
     splice = result.get("splice") or {}

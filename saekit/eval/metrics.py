@@ -4,7 +4,7 @@ Accumulators take one batch at a time, keep fp64 running sums, and return plain 
 so a metric over a million tokens is exact regardless of how the rows were batched.
 
     stats = ReconstructionStats(d_sae=sae.d_sae, dense_threshold=0.1)
-    for x in batches: stats.update(x, sae.reconstruct(x), sae.encode(x * scale))
+    for x in batches: stats.update(x, sae.reconstruct(x), sae.encode(x))
     result = stats.compute()  # {"fvu": ..., "l0_mean": ..., "dead_fraction": ..., ...}
 """
 

@@ -74,7 +74,7 @@ def _keep_special(fn: SpliceFn, special: Bool[Tensor, "batch seq"]) -> SpliceFn:
 def reconstruct_with_code(sae: Any, x_raw: Float[Tensor, "rows d_in"]) -> tuple[Tensor, SparseCode]:
     """Raw rows -> (raw x̂, sparse code) with a single encode: the steps of `Sae.reconstruct`, keeping the
     code. Inference-mode selection (`training=False`), so batch-coupled SAEs use their thresholds."""
-    code = sae.encode(sae.scale_input(x_raw), training=False)
+    code = sae.encode(x_raw, training=False)
     x_hat = sae.decode(code)
     if sae.act_scale != 1.0:
         x_hat = x_hat / sae.act_scale

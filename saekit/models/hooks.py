@@ -104,11 +104,14 @@ def capture(
 
     def make_hook(name: str) -> Callable:
         def hook(act: Tensor, hook: Any) -> None:
-            # copy: later layers could update the residual stream in place before we return
-            acts[name] = act.detach().to(torch.float32, copy=True)
             # Stop once *all* hooks fired, rather than on the one with the largest layer index: equivalent
             # when layers are ordered, and still right for two hooks inside the same block.
-            if len(acts) == len(names):
+            last = len(acts) + 1 == len(names)
+            # Copy only what later layers still run after: they could update the residual stream in place.
+            # The hook that stops the forward is the last writer of its tensor, so it is kept as is (no
+            # copy of the largest capture of a one-hook collection).
+            acts[name] = act.detach().to(torch.float32, copy=not last)
+            if last:
                 raise _StopForward
 
         return hook
@@ -119,6 +122,25 @@ def capture(
         model(tokens)
     _check_all_fired(names, acts)
     return Capture(acts={n: acts[n] for n in names})
+
+
+def forward_to(model: Any, tokens: Int[Tensor, "batch seq"], hookpoints: Sequence[str]) -> None:
+    """The bare forward pass up to the last of `hookpoints`, keeping nothing: what `capture` costs at
+    least (the baseline `saekit bench collection=true` compares collection with)."""
+    names = set(hookpoints)
+    fired: set[str] = set()
+
+    def make_hook(name: str) -> Callable:
+        def hook(act: Tensor, hook: Any) -> None:
+            fired.add(name)
+            if fired == names:
+                raise _StopForward
+
+        return hook
+
+    hooks = model.hooks(fwd_hooks=[(n, make_hook(n)) for n in names])
+    with torch.no_grad(), hooks, contextlib.suppress(_StopForward):
+        model(tokens.to(_device_of(model)))
 
 
 def hook_widths(model: Any, names: Sequence[str]) -> dict[str, int]:
@@ -134,31 +156,36 @@ def _capture_with_grads(model: Any, tokens: Tensor, names: list[str]) -> Capture
 
     def make_hook(name: str) -> Callable:
         def hook(act: Tensor, hook: Any) -> Tensor:
-            # Parameters are frozen, so the shallowest hooked activation has no graph yet: make it a leaf
-            # that requires grad. Deeper ones already depend on it; keep them in the graph (detaching would
-            # cut the path from the shallow hook through the deep one).
+            # The layers before the shallowest hook run without autograd (no graph, no saved tensors), so
+            # the backward stops there by construction: the first hook to fire switches grad mode on and
+            # makes its activation the leaf. Deeper ones already depend on it; keep them in the graph
+            # (detaching would cut the path from the shallow hook through the deep one).
             if not act.requires_grad:
+                torch.set_grad_enabled(True)
                 act = act.detach().requires_grad_(True)
             acts[name] = act
             return act
 
         return hook
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in names]):
+    # no_grad's exit restores the caller's grad mode, whatever the first hook switched on.
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in names]):
         logits = model(tokens)
     _check_all_fired(names, acts)
     # Sum, not mean: each token's gradient is that of its own next-token loss, independent of batch size.
-    loss = F.cross_entropy(
-        _at_least_fp32(logits[:, :-1].flatten(0, 1)), tokens[:, 1:].flatten(), reduction="sum"
-    )
-    raw = torch.autograd.grad(loss, [acts[n] for n in names], allow_unused=True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(
+            _at_least_fp32(logits[:, :-1].flatten(0, 1)), tokens[:, 1:].flatten(), reduction="sum"
+        )
+        raw = torch.autograd.grad(loss, [acts[n] for n in names], allow_unused=True)
     grads = {}
     for name, grad in zip(names, raw, strict=True):
         grad = torch.zeros_like(acts[name]) if grad is None else grad
-        grad = grad.detach().to(torch.float32, copy=True)
+        grad = grad.detach().to(torch.float32)  # autograd's result is a fresh tensor: no copy needed
         grad[:, -1] = 0.0  # no label at the last position (the causal graph already gives 0; make it exact)
         grads[name] = grad
-    return Capture(acts={n: acts[n].detach().to(torch.float32, copy=True) for n in names}, grads=grads)
+    # The forward is over: nothing writes these tensors any more, so they are handed out without a copy.
+    return Capture(acts={n: acts[n].detach().to(torch.float32) for n in names}, grads=grads)
 
 
 def _check_all_fired(names: list[str], acts: dict[str, Tensor]) -> None:
@@ -178,10 +205,12 @@ def run_with_splice(
     tokens: Int[Tensor, "batch seq"],
     hookpoint: str,
     fn: Callable[[Tensor], Tensor],
+    **forward_kwargs: Any,
 ) -> Float[Tensor, "batch seq vocab"]:
     """Logits (fp32; fp64 for a fp64 model) with the activation at `hookpoint` replaced by `fn(act)`.
 
-    Gradient mode is the caller's: wrap in torch.no_grad() for evaluation.
+    Gradient mode is the caller's: wrap in torch.no_grad() for evaluation. `forward_kwargs` (e.g.
+    `attention_mask`, `position_ids`) go to the model's forward unchanged.
     """
     validate_hookpoints(model, [hookpoint])
 
@@ -195,7 +224,7 @@ def run_with_splice(
         return out.to(act.dtype)
 
     with model.hooks(fwd_hooks=[(hookpoint, hook)]):
-        logits = model(tokens.to(_device_of(model)))
+        logits = model(tokens.to(_device_of(model)), **forward_kwargs)
     return _at_least_fp32(logits)
 
 

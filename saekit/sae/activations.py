@@ -65,6 +65,19 @@ class Activation:
     ) -> SparseCode:
         raise NotImplementedError
 
+    def select_fused(
+        self,
+        sae: Sae,
+        x: Float[Tensor, "batch d_in"],
+        *,
+        batch: Batch | None,
+        training: bool,
+        aux_columns: Int[Tensor, " n_aux"] | None,
+    ) -> tuple[SparseCode, Float[Tensor, "batch n_aux"] | None] | None:
+        """The same selection as `select`, with h[:, aux_columns], computed by the fused encoder GEMM
+        (`saekit.sae.fused_select`) without a dense h; None (the default) runs the dense path."""
+        return None
+
     def values(self, pre: Float[Tensor, " nnz"], code: SparseCode, sae: Sae) -> Float[Tensor, " nnz"]:
         """Code values from the selected pre-activations (under autograd): ReLU after selection (Gao et
         al. §1.2 step 4), so a row may keep fewer non-zeros than it selected."""
@@ -80,8 +93,13 @@ class Activation:
         aux_columns: Int[Tensor, " n_aux"] | None = None,
         keep_pre_acts: bool = False,
     ) -> Encoded:
-        """Dense GEMM under no_grad → select → slice AuxK columns → free h → sparse-grad code."""
+        """Dense GEMM under no_grad → select → slice AuxK columns → free h → sparse-grad code (or the fused
+        GEMM+selection of `select_fused`, which never builds h)."""
         x = x.to(sae.W_enc.dtype)
+        if not keep_pre_acts:
+            fused = self.select_fused(sae, x, batch=batch, training=training, aux_columns=aux_columns)
+            if fused is not None:
+                return self.encode_selection(sae, x, fused[0], aux_pre_acts=fused[1])
         with torch.no_grad():
             # Training steps reuse one h buffer (see Sae.dense_pre_acts); a kept h must be its own tensor.
             h = sae.dense_pre_acts(x, reuse_buffer=sae.training and not keep_pre_acts)

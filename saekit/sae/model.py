@@ -1,12 +1,13 @@
 """The one SAE module: fp32 parameters in SAELens orientation, a pluggable activation, sparse decode.
 
-`encode`/`decode`/`forward` work in the SAE's normalised space (inputs already multiplied by `act_scale`,
-see `scale_input`); `reconstruct` takes and returns raw activations. The encoder gradient and the decoder
-go only through `saekit.kernels` (`encode_selected`, `sparse_decode`), so no dense [B, d_sae] gradient or
-code is ever built.
+`encode` and `reconstruct` take raw activations (multiplied by `act_scale` inside, see `scale_input`);
+`encode_normalized`, `decode` and `forward` work in the SAE's normalised space (the trainer's side). The
+encoder gradient and the decoder go only through `saekit.kernels` (`encode_selected`, `sparse_decode`), so
+no dense [B, d_sae] gradient or code is ever built.
 
     sae = Sae(d_in=576, cfg=SaeConfig.make("topk", k=32, expansion_factor=8))
     out = sae(sae.scale_input(x_raw))            # SaeOutput(x_hat, code, pre_acts, aux_pre_acts)
+    code = sae.encode(x_raw)                     # raw in, like reconstruct
     x_hat_raw = sae.reconstruct(x_raw)           # eval / splicing
 """
 
@@ -154,9 +155,19 @@ class Sae(nn.Module):
         return Batch(self.scale_input(batch.acts), grads, batch.token_ids)
 
     def encode(
+        self, x_raw: Float[Tensor, "batch d_in"], batch: Batch | None = None, *, training: bool | None = None
+    ) -> SparseCode:
+        """Sparse code of raw activations (scaled by `act_scale` here, like `reconstruct`); a `batch` with
+        gradients carries raw dL/dx. `training` defaults to the module mode."""
+        if batch is not None and batch.grads is not None:
+            batch = Batch(batch.acts, batch.grads.float() / self.act_scale, batch.token_ids)
+        return self.encode_normalized(self.scale_input(x_raw), batch, training=training)
+
+    def encode_normalized(
         self, x: Float[Tensor, "batch d_in"], batch: Batch | None = None, *, training: bool | None = None
     ) -> SparseCode:
-        """Sparse code of normalised inputs; `training` defaults to the module mode."""
+        """Sparse code of inputs already in the normalised space (`scale_input`; batch gradients divided by
+        act_scale, as `scale_batch` does): the trainer's and objectives' entry point."""
         train = self.training if training is None else training
         return self.activation.encode(self, x, batch=batch, training=train).code
 
@@ -180,8 +191,7 @@ class Sae(nn.Module):
 
     def reconstruct(self, x_raw: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
         """Raw in, raw out, inference-mode selection (eval, splicing); returned in x_raw's dtype."""
-        x = self.scale_input(x_raw)
-        x_hat = self.decode(self.encode(x, training=False))
+        x_hat = self.decode(self.encode(x_raw, training=False))
         if self.act_scale != 1.0:
             x_hat = x_hat / self.act_scale
         return x_hat.to(x_raw.dtype)
@@ -207,10 +217,31 @@ class Sae(nn.Module):
         return save_sae(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Sae:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", *, select: str | None = None) -> Sae:
+        """A checkpoint written by `save`, or a SAELens / sparsify / dictionary_learning directory converted
+        on the fly (`select` names one SAE of a directory holding several, e.g. a sparsify hook point)."""
+        from saekit.sae.foreign import is_foreign_dir, load_foreign
+
+        if select is not None or is_foreign_dir(Path(path)):
+            return load_foreign(path, device, select=select)
         from saekit.sae.checkpoint import load_sae
 
         return load_sae(path, device=device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        release: str,
+        sae_id: str,
+        device: str | torch.device = "cpu",
+        *,
+        registry: str | Path | None = None,
+    ) -> Sae:
+        """SAE `sae_id` of `release` (a Hugging Face repo id, or a release of an SAELens registry file) from
+        the local Hugging Face cache; offline only, so a missing one names the directory to provide."""
+        from saekit.formats.hf_cache import resolve_pretrained
+
+        return cls.load(resolve_pretrained(release, sae_id, registry=registry), device)
 
     def fold_act_scale(self) -> Sae:
         """A copy with act_scale folded into the biases (act_scale 1): same raw reconstructions."""

@@ -7,6 +7,10 @@ tokens without firing. Counting tokens rather than steps keeps the threshold mea
     tracker.window_summary()                       # {"revived": …, "dense_fraction": …} since the last call
 
 The log window (what `window_summary` reports on) is not part of checkpoints: after a resume it restarts.
+
+Under torchrun every rank's tracker receives the step's global token count and global firing (the
+training step's sync, `saekit.train.distributed.GradSync`), so the counters are identical on every rank
+without a reduction of their own.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class DeadLatentTracker:
         """Add `n_tokens` to every counter, then reset the latents that fired this step to 0. `counts`
         (rows each latent fired on, optional) accumulate into the log window's firing frequencies.
 
-        Under data parallelism pass the global token count of the step and call `all_reduce_()` after.
+        Under data parallelism pass the global token count and firing of the step (what the step's sync
+        returns), so every rank's counters stay identical.
         """
         fired = fired.to(device=self.tokens_since_fired.device, dtype=torch.bool)
         assert fired.shape == (self.d_sae,), f"fired must be [{self.d_sae}], got {tuple(fired.shape)}"
@@ -83,11 +88,6 @@ class DeadLatentTracker:
         self.window_dead_at_start = self.window_dead_at_start[perm]
         if self.window_counts is not None:
             self.window_counts = self.window_counts[perm]
-
-    def all_reduce_(self) -> None:
-        """Element-wise MIN across ranks (alive on any rank = alive); a no-op without a process group."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.tokens_since_fired, op=torch.distributed.ReduceOp.MIN)
 
     def dead_mask(self) -> Bool[Tensor, " d_sae"]:
         return self.tokens_since_fired >= self.dead_tokens

@@ -31,11 +31,16 @@ SAFE_RESUME_KEYS = (
     "progress",
     "device",
     "live.device",
+    "log.wandb",
+    "log.wandb_project",
+    "log.wandb_entity",
+    "log.wandb_mode",
+    "log.tensorboard",
     "run_dir",
 )
 """Keys `--resume` may change: the token budget (to extend or stop earlier), logging and checkpoint
-intervals, the progress bar, the device (results stay the run's, bit-exactness is only promised on one
-device) and the run's location (a moved run). Every other key must match the run."""
+intervals, the progress bar, the trackers (`log.*`), the device (results stay the run's, bit-exactness is
+only promised on one device) and the run's location (a moved run). Every other key must match the run."""
 
 
 def resume_config(config_path: str | Path | None, overrides: list[str] | None) -> TrainConfig:

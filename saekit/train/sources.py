@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from saekit.config import TrainConfig
-from saekit.errors import DataError
+from saekit.errors import ConfigError, DataError
+from saekit.ranks import current_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ class TrainingSource:
 
 
 def open_training_source(cfg: TrainConfig) -> TrainingSource:
+    world = current_ranks().world_size
+    if cfg.batch_size < world:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch, split over {world} ranks: give at least "
+            f"batch_size={world}, or start fewer ranks"
+        )
     if cfg.cache_dir is not None:
         return _cache_source(cfg)
     return _live_source(cfg)
@@ -60,7 +67,15 @@ def _cache_source(cfg: TrainConfig) -> TrainingSource:
     manifest = cache.manifest
     sample = cache.rows(min(cfg.norm_estimation_tokens, cache.num_tokens)).float()
     check_finite(sample, f"cache {cfg.cache_dir}")
-    reader = ShuffledReader(cache, cfg.batch_size, seed=cfg.seed, buffer_tokens=cfg.shuffle_buffer_tokens)
+    ranks = current_ranks()  # each rank reads its part of every global batch of cfg.batch_size rows
+    reader = ShuffledReader(
+        cache,
+        cfg.batch_size,
+        seed=cfg.seed,
+        buffer_tokens=cfg.shuffle_buffer_tokens,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+    )
     description = {
         "kind": "cache",
         "cache_dir": str(cfg.cache_dir),
@@ -85,10 +100,14 @@ def _live_source(cfg: TrainConfig) -> TrainingSource:
 
     hookpoint = cfg.hookpoint or cfg.live.hookpoints[0]
     model = load_model(cfg.live.model, device=cfg.live.device)
-    stream = LiveStream(cfg.live, hookpoint, cfg.batch_size, model=model)
+    ranks = current_ranks()  # each rank reads its own sequences; its batch is its part of cfg.batch_size
+    lo, hi = ranks.share(cfg.batch_size)
+    shard = {"rank": ranks.rank, "world_size": ranks.world_size}
+    stream = LiveStream(cfg.live, hookpoint, hi - lo, model=model, **shard)
     # The estimation sample comes from a second stream over the same text: the rows are seen again in
-    # training, exactly as cached runs estimate on rows they also train on.
-    sampler = iter(LiveStream(cfg.live, hookpoint, cfg.batch_size, model=model))
+    # training, exactly as cached runs estimate on rows they also train on. (Under data parallelism rank 0's
+    # sample initialises the SAE and is broadcast to the other ranks.)
+    sampler = iter(LiveStream(cfg.live, hookpoint, hi - lo, model=model, **shard))
     rows, got = [], 0
     while got < cfg.norm_estimation_tokens:
         batch = next(sampler)

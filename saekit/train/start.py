@@ -11,6 +11,10 @@ run directory fails at once instead of interleaving metrics and checkpoints. The
 (deleting it on release would let two writers lock two different inodes of the same name); its presence
 also marks a directory that `saekit train` started in, so a start killed before its first checkpoint can be
 started again.
+
+Under torchrun only rank 0 takes the claim (the other ranks never create, lock or write anything in the run
+directory): `RunClaim(run, ranks)` tells the other ranks, waiting in `ranks.follow()`, whether it got the
+lock, so a run directory in use fails every rank with the same one-line error instead of a hang.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from filelock import FileLock, Timeout
 
 from saekit.errors import RunDirError
 from saekit.io import TMP_MARK
+from saekit.ranks import Ranks
 from saekit.rundir import CONFIG_FILE, LOCK_FILE, METRICS_FILE, OLD_MARK, RESUMES_FILE, RunDir
 
 logger = logging.getLogger(__name__)
@@ -82,13 +87,18 @@ class RunClaim:
     """The run directory created if needed and locked for this process; `undo()` removes what this
     claim's start created (the directories it made, else the entries that were not there before)."""
 
-    def __init__(self, run: RunDir) -> None:
-        self.run = run
+    def __init__(self, run: RunDir, ranks: Ranks | None = None) -> None:
+        self.run, self.ranks = run, ranks or Ranks()
         self.made = _first_missing(run.path)
         self.before = set(os.listdir(run.path)) if self.made is None else set()
         self.lock = FileLock(str(run.lock_path), timeout=0)
 
     def __enter__(self) -> RunClaim:
+        with self.ranks.lead():
+            self._take()
+        return self
+
+    def _take(self) -> None:
         try:
             self.run.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -107,7 +117,6 @@ class RunClaim:
             raise RunDirError(
                 f"cannot lock {self.run.lock_path} ({err.strerror or err}); check permissions"
             ) from None
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()

@@ -1,10 +1,11 @@
-"""The one training step: scale → objective → backward → constrained step → post_step → finite guard →
-tracker.
+"""The one training step: scale → objective → backward → [rank sync] → constrained step → post_step →
+finite guard → tracker.
 
 The trainer, `saekit bench` and the tests all call `training_step`, so the step that is benchmarked is the
 step that trains (style.md, "Layers and ownership").
 
     out = training_step(sae, objective, optimizer, batch, mse_scale=s, tracker=tracker)
+    out = training_step(..., sync=GradSync(ranks))      # data parallel (saekit.train.distributed)
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ class LatentTracker(Protocol):
     def permute_(self, perm: Int[Tensor, " d_sae"]) -> None: ...
 
 
+class StepSync(Protocol):
+    """What the step needs for data parallelism: after backward, make gradients, firing counts and
+    forward-updated state global (identical on every rank); returns the step's global row count."""
+
+    def __call__(self, sae: Sae, objective: Objective, out: StepOutput, n_rows: int) -> int: ...
+
+
 def training_step(
     sae: Sae,
     objective: Objective,
@@ -40,13 +48,15 @@ def training_step(
     *,
     mse_scale: float,
     tracker: LatentTracker | None = None,
+    sync: StepSync | None = None,
 ) -> StepOutput:
     """One optimiser step on a batch of raw (unscaled) activations; returns the objective's output.
 
     Order (Gao et al., algorithms.md §1.6): scale the inputs into the SAE's normalised space, evaluate the
     objective (with the tracker's dead latents for AuxK), backpropagate, take the decoder-constrained Adam
     step, run the objective's `post_step` (a latent permutation it applied is mirrored in the tracker),
-    then count which latents fired.
+    then count which latents fired. Under data parallelism `sync` runs between backward and the optimiser
+    step, so every rank steps with the same global gradient and counts the same global firing.
     """
     if not torch.isfinite(raw_batch.acts).all():
         raise DataError("batch contains NaN/inf activations; re-collect the cache")
@@ -55,13 +65,14 @@ def training_step(
     out = objective(sae, batch, dead_mask=dead_mask, mse_scale=mse_scale)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    n_tokens = len(batch) if sync is None else sync(sae, objective, out, len(batch))
     constrained_adam_step(sae, optimizer)
     perm = objective.post_step(sae, optimizer, out)
     check_finite_(sae, out.loss)
     if tracker is not None:
         if perm is not None:
             tracker.permute_(perm)
-        tracker.update(out.fired, len(batch), counts=out.fire_counts)
+        tracker.update(out.fired, n_tokens, counts=out.fire_counts)
     return out
 
 

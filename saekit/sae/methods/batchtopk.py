@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from saekit.sae.activations import Activation
 from saekit.sae.config import ThresholdParams
+from saekit.sae.fused_select import Selected, fused_row_candidates, fused_threshold_select
 from saekit.sae.method import Method, register_method
 from saekit.sae.methods.topk import check_k, per_row_topk
 from saekit.sae.objective import ReconstructionAuxK
@@ -66,21 +68,39 @@ def batch_top_entries(
     """
     batch, d_sae = h.shape
     total = min(total, batch * d_sae)
-    per_row = min(d_sae, CANDIDATES_PER_ROW * math.ceil(total / max(batch, 1)))
+    per_row = candidates_per_row(batch, d_sae, total)
     if per_row >= d_sae or total == 0:
         values, flat = torch.topk(h.reshape(-1), total, sorted=False)
         return flat // d_sae, flat % d_sae, values
     cand_vals, cand_cols = row_topk(h, per_row)
+    return batch_top_from_candidates(cand_vals, cand_cols, total, lambda rows: h.index_select(0, rows))
+
+
+def candidates_per_row(batch: int, d_sae: int, total: int) -> int:
+    """c of `batch_top_entries`; c ≥ d_sae means one plain top-k over the whole h."""
+    return min(d_sae, CANDIDATES_PER_ROW * math.ceil(min(total, batch * d_sae) / max(batch, 1)))
+
+
+@torch.no_grad()
+def batch_top_from_candidates(
+    cand_vals: Float[Tensor, "batch c"],
+    cand_cols: Int[Tensor, "batch c"],
+    total: int,
+    h_rows: Callable[[Tensor], Tensor],
+) -> tuple[Int[Tensor, " total"], Int[Tensor, " total"], Float[Tensor, " total"]]:
+    """The global step of `batch_top_entries` from each row's top c candidates; `h_rows(rows)` gives the
+    full h at the few saturated rows (sliced from a dense h, or recomputed by the fused encoder)."""
+    per_row = cand_vals.shape[1]
     values, pick = torch.topk(cand_vals.reshape(-1), total, sorted=False)
     floor = values.min()
     saturated = cand_vals.min(dim=1).values > floor
     if not bool(saturated.any()):
         return pick // per_row, cand_cols.reshape(-1)[pick], values
-    return _repair_saturated_rows(h, cand_vals, cand_cols, saturated, floor, total)
+    return _repair_saturated_rows(h_rows, cand_vals, cand_cols, saturated, floor, total)
 
 
 def _repair_saturated_rows(
-    h: Float[Tensor, "batch d_sae"],
+    h_rows: Callable[[Tensor], Tensor],
     cand_vals: Float[Tensor, "batch c"],
     cand_cols: Int[Tensor, "batch c"],
     saturated: Bool[Tensor, " batch"],
@@ -94,7 +114,7 @@ def _repair_saturated_rows(
     pool_cols = [cand_cols[keep_rows].reshape(-1)]
     pool_vals = [cand_vals[keep_rows].reshape(-1)]
     sat_rows = torch.nonzero(saturated).squeeze(1)
-    sub = h.index_select(0, sat_rows)
+    sub = h_rows(sat_rows)
     local, cols = torch.nonzero(sub >= floor, as_tuple=True)
     pool_rows.append(sat_rows[local])
     pool_cols.append(cols)
@@ -160,6 +180,16 @@ class ThresholdInference(Activation):
             self._warned = True
         return per_row_topk(h, self.k)
 
+    def select_fused(
+        self, sae: Sae, x: Tensor, *, batch: Batch | None, training: bool, aux_columns: Tensor | None
+    ) -> Selected | None:
+        if training or type(self).inference_select is not ThresholdInference.inference_select:
+            return None
+        if threshold_is_learned(sae):
+            code = fused_threshold_select(sae, x, sae.threshold.to(x.dtype))
+            return None if code is None else (code, _aux_of(sae, x, aux_columns))
+        return None  # the per-row TopK(k) fallback before any training step: the dense path warns once
+
 
 class BatchTopK(ThresholdInference):
     """Training: top B·k entries of the flattened batch (ReLU after), and θ ← EMA of the smallest positive
@@ -172,11 +202,41 @@ class BatchTopK(ThresholdInference):
             return self.inference_select(h, sae)
         n_rows = h.shape[0]
         rows, latents, values = batch_top_entries(h, n_rows * self.k)
+        return self._finish_training_select(sae, rows, latents, values, n_rows, h.shape[1])
+
+    def _finish_training_select(
+        self, sae: Sae, rows: Tensor, latents: Tensor, values: Tensor, n_rows: int, d_sae: int
+    ) -> SparseCode:
         # Smallest positive selected value (Bussmann et al. §2.4); +inf when nothing positive was selected,
         # which ema_update_ ignores.
         smallest = torch.where(values > 0, values, torch.full_like(values, math.inf)).min()
         ema_update_(sae.threshold, smallest.expand_as(sae.threshold), self.params.threshold_ema)
-        return SparseCode.from_rows(rows, latents, values, n_rows, h.shape[1])
+        return SparseCode.from_rows(rows, latents, values, n_rows, d_sae)
+
+    def select_fused(
+        self, sae: Sae, x: Tensor, *, batch: Batch | None, training: bool, aux_columns: Tensor | None
+    ) -> Selected | None:
+        if not training:
+            return super().select_fused(sae, x, batch=batch, training=training, aux_columns=aux_columns)
+        n_rows, total = x.shape[0], x.shape[0] * self.k
+        per_row = candidates_per_row(n_rows, sae.d_sae, total)
+        if per_row >= sae.d_sae or type(self).select is not BatchTopK.select:
+            return None
+        picked = fused_row_candidates(sae, x, per_row)
+        if picked is None:
+            return None
+        cand_vals, cand_cols, h_rows = picked
+        rows, latents, values = batch_top_from_candidates(cand_vals, cand_cols, total, h_rows)
+        code = self._finish_training_select(sae, rows, latents, values, n_rows, sae.d_sae)
+        return code, _aux_of(sae, x, aux_columns)
+
+
+def _aux_of(sae: Sae, x: Tensor, aux_columns: Tensor | None) -> Tensor | None:
+    """h[:, aux_columns] by a GEMM over those columns only (the fused threshold/batch paths keep no h)."""
+    if aux_columns is None:
+        return None
+    with torch.no_grad():
+        return torch.addmm(sae.b_enc[aux_columns], x - sae.b_dec, sae.W_enc_T[aux_columns].t())
 
 
 BATCHTOPK = register_method(

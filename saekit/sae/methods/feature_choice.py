@@ -1,10 +1,13 @@
 """Feature Choice (Ayonrinde 2024, algorithms.md §4): every latent picks its m best tokens of the batch.
 
-Training: M[:, i] = top_m(h[:, i]) over the batch, positive entries only, so each latent fires on at most m
-tokens and a token may get zero latents. m = sae.tokens_per_latent, or ceil(k·B/d_sae) to match the
-Mutual-Choice budget of k per token on average. Training mode also learns per-latent inference thresholds
-θ_i = EMA (rate sae.threshold_ema, fp64 arithmetic, fp32 storage in `sae.threshold`) of latent i's m-th
-largest activation, clamped at 0. Inference is z_i = h_i·1[h_i > θ_i], one token at a time.
+Training solves the allocation problem of §4.1 greedily: maximise Σ M⊙h subject to the total budget
+ΣM ≤ k·B and at most m tokens per latent. Each latent proposes its top-m positive tokens (M[:, i] =
+top_m(h[:, i])), and when those m·d_sae candidates exceed k·B only the k·B largest are kept — so a token may
+get zero latents, and the mean training L0 is k, as for TopK and Mutual Choice at the same k (without the
+cut, ceil() alone gave up to 12 % more). m = sae.tokens_per_latent, or ceil(k·B/d_sae). Training mode also
+learns per-latent inference thresholds θ_i = EMA (rate sae.threshold_ema, fp64 arithmetic, fp32 storage in
+`sae.threshold`) of latent i's effective threshold in the batch — the larger of its m-th largest activation
+and the budget cut — clamped at 0. Inference is z_i = h_i·1[h_i > θ_i], one token at a time.
 
     sae = Sae(d_in, SaeConfig.make("feature_choice", k=32))       # m = ceil(32·B / d_sae)
     code = sae.encode(x, training=True)       # ≤ m tokens per latent; updates sae.threshold
@@ -12,10 +15,11 @@ largest activation, clamped at 0. Inference is z_i = h_i·1[h_i > θ_i], one tok
 
 Choices made here (documented, not from the paper):
 - With tokens_per_latent unset and k·B < d_sae, m would have to be < 1: that is a ConfigError naming
-  both fixes (a larger batch, or an explicit m such as 1, which accepts an average L0 of about d_sae/B).
+  both fixes (a larger batch, or an explicit m such as 1; the budget then leaves some latents without
+  a token in each batch, so "no dead latents" is no longer guaranteed).
   An explicit m larger than the batch is capped at the batch size.
-- A latent with fewer than m positive tokens fires on all of them, i.e. its effective threshold is 0,
-  hence the clamp of the observed m-th value at 0.
+- A latent with fewer than m positive tokens fires on all of them (unless cut by the budget), i.e. its
+  effective threshold is 0, hence the clamp at 0.
 - The first training batch sets θ directly; until then inference falls back to per-row TopK(k)
   (see `saekit.sae.batchtopk`).
 """
@@ -71,8 +75,8 @@ class FeatureChoice(ThresholdInference):
                 raise ConfigError(
                     f"feature_choice: k·batch = {self.k}·{n_rows} < d_sae = {d_sae}, so the default "
                     f"m = ceil(k·batch/d_sae) would be below 1; raise batch_size to at least "
-                    f"{math.ceil(d_sae / self.k)}, or set sae.tokens_per_latent explicitly (e.g. 1, which "
-                    f"gives an average L0 near d_sae/batch = {d_sae / n_rows:.1f} instead of k)"
+                    f"{math.ceil(d_sae / self.k)}, or set sae.tokens_per_latent explicitly (e.g. 1; the "
+                    f"k·batch budget then leaves {d_sae - self.k * n_rows} latents without a token per batch)"
                 )
             m = math.ceil(self.k * n_rows / d_sae)
         return min(m, n_rows)
@@ -90,9 +94,14 @@ class FeatureChoice(ThresholdInference):
         d_sae, n_rows = h_t.shape
         m = self.tokens_per_latent(n_rows, d_sae)
         values, rows = torch.topk(h_t, m, dim=1, sorted=False)  # [d_sae, m]
-        mth_largest = values.min(dim=1).values.clamp_min(0.0)
-        ema_update_(sae.threshold, mth_largest, self.params.threshold_ema)
+        floor = values.min(dim=1).values
         keep = values > 0  # positive affinities only: a token may end up with no latent at all
+        budget = self.k * n_rows
+        if values.numel() > budget:  # ΣM ≤ k·B (§4.1): the best k·B of the per-latent candidates
+            cut = torch.topk(values.reshape(-1), budget, sorted=False).values.min()
+            keep &= values >= cut
+            floor = floor.clamp_min(cut)  # a latent's effective threshold this batch
+        ema_update_(sae.threshold, floor.clamp_min(0.0), self.params.threshold_ema)
         latents = torch.arange(d_sae, device=h_t.device).unsqueeze(1).expand_as(rows)
         return SparseCode.from_rows(rows[keep], latents[keep], values[keep], n_rows, d_sae)
 

@@ -10,8 +10,8 @@ GEMM, which otherwise runs in bf16 where that is native (`score_dtype`). `WithGr
 precomputed gradients to an SAE's encode calls, for evaluation in grad mode.
 
     sae = Sae(d_in, SaeConfig.make("gsae", k=32, grad_beta=1.0))
-    code = sae.encode(x, Batch(x, grads=g), training=False)       # grad-mode selection
-    code = sae.encode(x, training=False)                           # plain TopK (no labels needed)
+    code = sae.encode(x_raw, Batch(x_raw, grads=g_raw), training=False)   # grad-mode selection
+    code = sae.encode(x_raw, training=False)                           # plain TopK (no labels needed)
 """
 
 from __future__ import annotations
@@ -185,21 +185,24 @@ class WithGradients:
         self.consumed += x_raw.shape[0]
         return grads
 
-    def encode(self, x: Tensor, batch: Batch | None = None, *, training: bool | None = None) -> SparseCode:
-        """Encode normalised `x` (as Sae.encode) with the next chunk's gradients, in grad mode."""
-        raw = x / self.sae.act_scale if self.sae.act_scale != 1.0 else x
-        grads = self._next_grads(raw) / self.sae.act_scale  # dL/d(c·x) = (dL/dx) / c
+    def encode(
+        self, x_raw: Tensor, batch: Batch | None = None, *, training: bool | None = None
+    ) -> SparseCode:
+        """Encode raw `x_raw` (as Sae.encode, which scales the raw gradients too) with the next chunk's
+        gradients, in grad mode."""
+        grads = self._next_grads(x_raw)
         activation = self.sae.activation
         previous = getattr(activation, "select_mode", None)
         activation.select_mode = "grad"
         try:
-            return self.sae.encode(x, Batch(x, grads=grads), training=False if training is None else training)
+            train = False if training is None else training
+            return self.sae.encode(x_raw, Batch(x_raw, grads=grads), training=train)
         finally:
             activation.select_mode = previous
 
     def reconstruct(self, x_raw: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
         """As Sae.reconstruct, with grad-mode selection."""
-        x_hat = self.sae.decode(self.encode(self.sae.scale_input(x_raw)))
+        x_hat = self.sae.decode(self.encode(x_raw))
         if self.sae.act_scale != 1.0:
             x_hat = x_hat / self.sae.act_scale
         return x_hat.to(x_raw.dtype)

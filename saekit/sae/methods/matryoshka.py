@@ -276,7 +276,7 @@ def report_widths(sae: Sae) -> list[int]:
 
 def prefix_levels(sae: Sae, x: Tensor, widths: list[int]) -> tuple[Tensor, Tensor]:
     """x̂ using only latents < m_g of the inference code, and the active latents below each width."""
-    code = sae.encode(x, training=False)
+    code = sae.encode_normalized(x, training=False)
     x_hats = prefix_reconstructions(code, sae.W_dec, sae.b_dec, widths)
     blocks = prefix_blocks(code.indices, widths)
     active = (code.values > 0).double()

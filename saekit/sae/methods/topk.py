@@ -14,6 +14,7 @@ from torch import Tensor
 from saekit.errors import ConfigError
 from saekit.sae.activations import Activation
 from saekit.sae.config import TopKParams
+from saekit.sae.fused_select import Selected, fused_topk_select
 from saekit.sae.method import Method, register_method
 from saekit.sae.objective import ReconstructionAuxK
 from saekit.sae.row_topk import row_topk
@@ -49,6 +50,14 @@ class TopK(Activation):
     ) -> SparseCode:
         check_k(self.k, h.shape[1])
         return per_row_topk(h, self.k)
+
+    def select_fused(
+        self, sae: Sae, x: Tensor, *, batch: Batch | None, training: bool, aux_columns: Tensor | None
+    ) -> Selected | None:
+        if type(self).select is not TopK.select:  # a subclass with its own rule keeps the dense path
+            return None
+        check_k(self.k, sae.d_sae)
+        return fused_topk_select(sae, x, self.k, aux_columns)
 
 
 TOPK = register_method(

@@ -1,0 +1,89 @@
+"""The `saekit study` stage config (kept out of config.py, which is near its size limit).
+
+cfg = load_config(StudyConfig, "configs/study.yaml", ["seeds=[0,1,2]"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from saekit.config_checks import require_path, require_positive
+from saekit.config_io import require
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What `saekit study` does: a Pareto sweep (every k × every seed) per method on one cache, evaluated on
+    held-out text, frontiers interpolated at common L0s, and each paper's claim judged against a baseline."""
+
+    methods: tuple[str, ...] = (
+        "configs/topk.yaml",
+        "configs/batchtopk.yaml",
+        "configs/feature_choice.yaml",
+        "configs/matryoshka.yaml",
+        "configs/hierarchical_topk.yaml",
+    )
+    """Train YAMLs, one per method (paths relative to the working directory)."""
+    baseline: str = "topk"
+    """Stem of the method YAML every claim is judged against (configs/topk.yaml → topk)."""
+    ks: tuple[int, ...] = (16, 32, 64)
+    """Target mean L0s of the sweep (the key each method declares: k, MP's steps, JumpReLU's target)."""
+    seeds: tuple[int, ...] = (0, 1)
+    """Training seeds per (method, k); the claims report the spread over them."""
+    l0_points: tuple[float, ...] = ()
+    """Common L0s where frontiers are interpolated; empty: the ks inside every frontier's L0 range."""
+    cache_dir: str = "runs/cache"
+    """Activation cache every run trains on (its held-out text is the corpus after the cached part)."""
+    hookpoint: str | None = None
+    """Hook point of the cache; null picks the only one."""
+    expansion_factor: int = 8
+    """Same width for every run."""
+    total_tokens: int = 500_000
+    """Training tokens per run."""
+    batch_size: int = 1024
+    """Training batch size for every run."""
+    dead_tokens: int = 100_000
+    """Dead-latent window for every run (short runs need a short one for AuxK to act)."""
+    threshold_ema: float | None = None
+    """Override the inference-threshold EMA rate of batch-coupled methods (null: each method's own)."""
+    eval_sequences: int = 32
+    """Held-out sequences per evaluation (spliced CE and held-out FVU/L0)."""
+    max_eval_rows: int = 65_536
+    """Cached rows per evaluation for the cached FVU, dead and dense fractions."""
+    calibrate: Literal["none", "heldout", "cache"] = "none"
+    """Re-estimate threshold methods' θ before evaluating (`saekit eval calibrate=`): EMA thresholds of short
+    runs lag training; the study compares at achieved L0 either way. Changing it needs reevaluate=true."""
+    train: bool = True
+    """Train and evaluate missing runs; false reports only runs already trained and evaluated, e.g. to
+    assemble one study.json after several `saekit study` calls on disjoint ks or seeds ran in parallel."""
+    reevaluate: bool = False
+    """Re-run evaluation of runs whose eval.json is newer than their weights."""
+    out_dir: str = "runs/study"
+    """One run directory per (method, k, seed) under here, plus study.json."""
+    progress: bool = True
+    """Progress bars while training."""
+
+    def __post_init__(self) -> None:
+        require(len(self.methods) > 0, "methods", "list at least one train YAML, e.g. [configs/topk.yaml]")
+        require(len(self.ks) > 0 and all(k > 0 for k in self.ks), "ks", "give values > 0, e.g. [16, 32, 64]")
+        require(len(set(self.ks)) == len(self.ks), "ks", f"values must be distinct; got {list(self.ks)}")
+        require(len(self.seeds) > 0, "seeds", "give at least one seed, e.g. [0, 1]")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", f"must be distinct; got {list(self.seeds)}")
+        require(all(p > 0 for p in self.l0_points), "l0_points", "give L0s > 0, or [] for the ks")
+        require_positive(
+            self,
+            "expansion_factor",
+            "total_tokens",
+            "batch_size",
+            "dead_tokens",
+            "eval_sequences",
+            "max_eval_rows",
+        )
+        require(
+            self.threshold_ema is None or 0 < self.threshold_ema <= 1,
+            "threshold_ema",
+            f"must be in (0, 1] (e.g. 0.05), or null for the method's default; got {self.threshold_ema}",
+        )
+        require_path(self.cache_dir, "cache_dir", "runs/cache")
+        require_path(self.out_dir, "out_dir", "runs/study")

@@ -1,0 +1,44 @@
+"""Activation rows of a model on token sequences (special positions dropped), chunk by chunk, fp32.
+
+Held-out metrics that need x itself (threshold calibration, shrinkage, per-prefix FVU, absorption) read
+their rows here, one forward pass per batch of sequences, stopped after the hooked layer.
+
+    for x in activation_rows(model, tokens, "blocks.9.hook_resid_post", batch_size=8): ...   # [rows, d]
+    x = collect_rows(model, tokens, hookpoint, batch_size=8, max_rows=16384)              # one tensor
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+@torch.no_grad()
+def activation_rows(
+    model: Any, tokens: Int[Tensor, "n seq"], hookpoint: str, *, batch_size: int
+) -> Iterator[Float[Tensor, "rows d_in"]]:
+    """fp32 activations at `hookpoint` of every non-special position, one chunk per forward batch."""
+    from saekit.models import capture, special_token_mask
+
+    for lo in range(0, tokens.shape[0], batch_size):
+        batch = tokens[lo : lo + batch_size]
+        acts = capture(model, batch, [hookpoint]).acts[hookpoint]
+        keep = ~special_token_mask(batch, model).to(acts.device)
+        yield acts[keep].float().cpu()
+
+
+def collect_rows(
+    model: Any, tokens: Int[Tensor, "n seq"], hookpoint: str, *, batch_size: int, max_rows: int
+) -> Float[Tensor, "rows d_in"]:
+    """Up to `max_rows` rows of `activation_rows` as one tensor."""
+    chunks, total = [], 0
+    for chunk in activation_rows(model, tokens, hookpoint, batch_size=batch_size):
+        chunks.append(chunk[: max_rows - total])
+        total += len(chunks[-1])
+        if total >= max_rows:
+            break
+    return torch.cat(chunks) if chunks else torch.empty(0)
