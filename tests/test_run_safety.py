@@ -277,6 +277,8 @@ def test_a_start_killed_before_its_first_checkpoint_can_start_again(tiny_cache, 
     (run.path / LOCK_FILE).touch()  # what our own start leaves (never deleted) beside its first files
     run.config_path.write_text("stale: true\n")
     run.metrics_path.write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "lo')
+    (run.path / "tensorboard").mkdir()  # a tracker's directory (log.tensorboard) is part of the start too
+    (run.path / "tensorboard" / "events.out").write_text("stale")
     with monkeypatch.context() as patch:  # a restart that fails too leaves only the lock file
         patch.setattr(trainer_module.Trainer, "fit", lambda self: 1 / 0)
         with pytest.raises(ZeroDivisionError):

@@ -30,12 +30,13 @@ from saekit.errors import RunDirError
 from saekit.io import TMP_MARK
 from saekit.ranks import Ranks
 from saekit.rundir import CONFIG_FILE, LOCK_FILE, METRICS_FILE, OLD_MARK, RESUMES_FILE, RunDir
+from saekit.train.tracking import TENSORBOARD_DIR, WANDB_DIR
 
 logger = logging.getLogger(__name__)
 
-START_FILES = frozenset({CONFIG_FILE, METRICS_FILE, RESUMES_FILE})
-"""What a start writes before its first checkpoint; with the lock file beside them, a directory holding
-only these is an interrupted start of ours, which a new start may replace."""
+START_FILES = frozenset({CONFIG_FILE, METRICS_FILE, RESUMES_FILE, TENSORBOARD_DIR, WANDB_DIR})
+"""What a start writes before its first checkpoint (the trackers' directories included); with the lock file
+beside them, a directory holding only these is an interrupted start of ours, which a new start may replace."""
 
 
 def check_new_run(run: RunDir) -> None:
@@ -79,7 +80,8 @@ def clear_interrupted_start(claim: RunClaim) -> None:
     if leftovers:
         logger.warning("%s: starting over a start that stopped before its first checkpoint", run.path)
     for name in leftovers:
-        (run.path / name).unlink()
+        path = run.path / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
         claim.before.discard(name)  # what this start writes under these names is its own
 
 
