@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("saekit.sae",),
     (
         "saekit.config",
+        "saekit.config_bench",
         "saekit.config_checks",
         "saekit.config_index",
         "saekit.config_study",
