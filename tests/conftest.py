@@ -8,6 +8,9 @@ for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_name] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+# The encoder path is otherwise chosen by a timing at first use and cached per user: tests must not depend on
+# what an earlier (loaded or quiet) process measured, so they run the dense path unless they pick one.
+os.environ.setdefault("SAEKIT_ENCODE_PATH", "dense")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

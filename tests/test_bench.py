@@ -18,7 +18,8 @@ def bench(args: list[str]) -> str:
     return run_bench(load_config(BenchConfig, None, args))
 
 
-def test_bench_prints_one_row_per_config_and_the_memory_growth():
+def test_bench_prints_one_row_per_config_and_the_memory_growth(monkeypatch):
+    monkeypatch.delenv("SAEKIT_ENCODE_PATH", raising=False)  # conftest pins dense; this shows the auto rule
     args = ["d_sae=1024,2048", "k=4", "batch=32", "d_in=64", "reps=1", "threads=1"]
     text = bench([*args, "dense=false"])  # the dense reference's subprocesses would double the time
     header = text.splitlines()[0]
