@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from saekit.bench.streams import HOOK, write_synthetic_cache
-from saekit.config import BenchConfig, SaeConfig, TrainConfig, save_config
-from saekit.sae import get_method
+from saekit.bench.streams import HOOK, bench_train_config, write_synthetic_cache
+from saekit.config import BenchConfig, TrainConfig, save_config
 
 
 def run_ranks_bench(cfg: BenchConfig) -> str:
@@ -32,7 +31,7 @@ def run_ranks_bench(cfg: BenchConfig) -> str:
     with tempfile.TemporaryDirectory(prefix="saekit-bench-ranks-") as tmp:
         root = Path(tmp)
         write_synthetic_cache(root / "cache" / HOOK, cfg.d_in, cfg.tokens, shard_tokens=cfg.tokens // 8)
-        base = _train_config(cfg, root, d_sae, k)
+        base = bench_train_config(cfg, root, d_sae, k, min_steps=4, log_windows=4)
         results = {world: _run(base, root, world, cfg.threads) for world in worlds}
     lines = [
         f"saekit bench mode=ranks: {cfg.method} d_in={cfg.d_in} d_sae={d_sae} k={k}, global batch "
@@ -49,24 +48,6 @@ def run_ranks_bench(cfg: BenchConfig) -> str:
         "process start-up and torch imports included"
     )
     return "\n".join(lines)
-
-
-def _train_config(cfg: BenchConfig, root: Path, d_sae: int, k: int) -> TrainConfig:
-    l0_key = get_method(cfg.method).l0_param
-    sae = SaeConfig.make(cfg.method, d_sae=d_sae, **({l0_key: k} if l0_key else {}))
-    steps = max(4, cfg.tokens // cfg.batch)
-    return TrainConfig(
-        sae=sae,
-        cache_dir=str(root / "cache"),
-        run_dir=str(root / "unused"),
-        total_tokens=steps * cfg.batch,
-        batch_size=cfg.batch,
-        norm_estimation_tokens=min(cfg.tokens, 8192),
-        shuffle_buffer_tokens=cfg.tokens // 4,
-        log_every=max(1, steps // 4),
-        checkpoint_every=steps,  # none: a checkpoint is only written before the last step
-        progress=False,
-    )
 
 
 def _run(base: TrainConfig, root: Path, world: int, threads: int) -> tuple[float, float]:

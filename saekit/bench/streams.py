@@ -41,7 +41,7 @@ def run_streams_bench(cfg: BenchConfig) -> str:
         shards = write_synthetic_cache(
             root / "cache" / HOOK, cfg.d_in, cfg.tokens, shard_tokens=cfg.tokens // 8
         )
-        base = _train_config(cfg, root, d_sae, k)
+        base = bench_train_config(cfg, root, d_sae, k)
         members = tuple(SaeMember(name=f"sae{i}", sae=base.sae) for i in range(n))
         # untimed warm-up: lazy imports and first-call costs must not count against the first side
         train(dataclasses.replace(base, run_dir=str(root / "warmup"), total_tokens=cfg.batch))
@@ -70,10 +70,14 @@ def run_streams_bench(cfg: BenchConfig) -> str:
     return "\n".join(lines)
 
 
-def _train_config(cfg: BenchConfig, root: Path, d_sae: int, k: int) -> TrainConfig:
+def bench_train_config(
+    cfg: BenchConfig, root: Path, d_sae: int, k: int, *, min_steps: int = 1, log_windows: int = 1
+) -> TrainConfig:
+    """One epoch over the synthetic cache in `root/cache` (at least `min_steps` steps), logged in
+    `log_windows` windows; shared by the streams and ranks modes."""
     l0_key = get_method(cfg.method).l0_param
     sae = SaeConfig.make(cfg.method, d_sae=d_sae, **({l0_key: k} if l0_key else {}))
-    steps = max(1, cfg.tokens // cfg.batch)
+    steps = max(min_steps, cfg.tokens // cfg.batch)
     return TrainConfig(
         sae=sae,
         cache_dir=str(root / "cache"),
@@ -82,7 +86,7 @@ def _train_config(cfg: BenchConfig, root: Path, d_sae: int, k: int) -> TrainConf
         batch_size=cfg.batch,
         norm_estimation_tokens=min(cfg.tokens, 8192),
         shuffle_buffer_tokens=cfg.tokens // 4,
-        log_every=steps,
+        log_every=max(1, steps // log_windows),
         checkpoint_every=steps,  # none: a checkpoint is only written before the last step
         progress=False,
     )
