@@ -247,6 +247,9 @@ class EvalConfig:
     cache's last rows; none keeps the trained θ."""
     calibration_rows: int = 16_384
     """Rows used to calibrate the thresholds."""
+    save_calibration: bool = False
+    """With calibrate: write the calibrated θ into the evaluated checkpoint, so index, app and export use it
+    (the trained θ is kept once in <run>/threshold_trained.safetensors; the report in cfg.json extra)."""
     seed_pair: str | None = None
     """Another run of the same method and width (another seed): adds decoder seed consistency."""
     absorption: bool = False
@@ -271,6 +274,11 @@ class EvalConfig:
             self.corpus is None or bool(self.corpus.strip()), "corpus", "name a corpus, or null for the run's"
         )
         require_device_name(self.device)
+        require(
+            not self.save_calibration or self.calibrate != "none",
+            "save_calibration",
+            "needs calibrate=heldout or calibrate=cache (there is nothing to save without a calibration)",
+        )
 
 
 @dataclass(frozen=True)

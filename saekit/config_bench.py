@@ -48,16 +48,21 @@ class BenchConfig:
     """saekit's encoder GEMM in bf16 (sae.encoder_bf16); ratios stay relative to the fp32 GEMM."""
     method: str = "topk"
     """saekit method whose training step is timed."""
-    mode: Literal["step", "streams", "ranks"] = "step"
+    mode: Literal["step", "streams", "ranks", "index"] = "step"
     """step: the training step against one GEMM; streams: N SAEs from one cache stream vs N separate runs
     (uses the first d_sae and k, and `saes`, `tokens`); ranks: training tokens/s of 1 process vs torchrun
-    with 2..`ranks` ranks (first d_sae and k, `tokens`, `batch`)."""
+    with 2..`ranks` ranks (first d_sae and k, `tokens`, `batch`); index: `saekit index` of `run` with and
+    without output scores, and its scan against a bare forward, per number of `sequences`."""
     saes: int = 4
     """mode=streams: number of SAEs trained from one stream (and as separate runs)."""
     tokens: int = 32_768
     """mode=streams and mode=ranks: rows of the synthetic cache; every run trains one epoch over it."""
     ranks: int = 2
     """mode=ranks: the largest number of torchrun ranks timed against one process."""
+    run: str = "runs/demo/topk"
+    """mode=index: a trained run (its final checkpoint is indexed into a scratch copy; its index is kept)."""
+    sequences: tuple[int, ...] = (64, 256)
+    """mode=index: numbers of held-out sequences indexed."""
 
     def __post_init__(self) -> None:
         require_positive(self, "d_in", "batch", "reps", "threads")
@@ -67,6 +72,8 @@ class BenchConfig:
         require(len(self.k) > 0 and all(k > 0 for k in self.k), "k", "give values > 0, e.g. 32,64")
         get_method(self.method)  # an unknown method fails here, with close matches
         require_positive(self, "saes", "tokens", "ranks")
+        counts_ok = len(self.sequences) > 0 and min(self.sequences) > 0
+        require(counts_ok, "sequences", "give counts > 0, e.g. 64,256")
         for other in self.others:
             get_method(other)
         require(all(0 < f < 1 for f in self.dead), "dead", "give fractions in (0, 1), e.g. 0.01,0.5")

@@ -53,7 +53,8 @@ class StudyConfig:
     """Cached rows per evaluation for the cached FVU, dead and dense fractions."""
     calibrate: Literal["none", "heldout", "cache"] = "none"
     """Re-estimate threshold methods' θ before evaluating (`saekit eval calibrate=`): EMA thresholds of short
-    runs lag training; the study compares at achieved L0 either way. Changing it needs reevaluate=true."""
+    runs lag training; the study compares at achieved L0 either way. The calibrated θ is saved into each run
+    (`saekit eval save_calibration=true`). Changing it needs reevaluate=true."""
     train: bool = True
     """Train and evaluate missing runs; false reports only runs already trained and evaluated, e.g. to
     assemble one study.json after several `saekit study` calls on disjoint ks or seeds ran in parallel."""

@@ -36,7 +36,7 @@ def make_sae(activation="topk", d_in=10, k=4, d_sae=30, **kw):
 
 
 def grads(sae):
-    return [p.grad.clone() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
+    return [p.grad.to_dense() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
 
 
 # ------------------------------------------------------------------------------------------ target

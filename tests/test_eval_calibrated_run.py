@@ -71,3 +71,32 @@ def test_uncalibrated_eval_keeps_the_trained_threshold(batchtopk_run):
     assert result["sparsity_target"]["calibration"] is None
     table = format_eval_table(result)
     assert "L0 target" in table and "calibrated" not in table
+
+
+def test_saved_calibration_reaches_the_checkpoint_and_keeps_the_trained_threshold(batchtopk_run, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from saekit.errors import ConfigError
+    from saekit.rundir import RunDir
+
+    model, trained_run = batchtopk_run
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)  # the module's run stays uncalibrated for the other tests
+    trained = RunDir(run).load_sae().threshold.detach().clone()
+    cfg = EvalConfig(
+        num_sequences=2, batch_size=2, max_eval_rows=200, calibrate="heldout", calibration_rows=600,
+        save_calibration=True,
+    )  # fmt: skip
+    report = evaluate_run(run, cfg, model=model)["sparsity_target"]["calibration"]
+    saved = RunDir(run).load_sae()
+    assert not torch.equal(saved.threshold, trained)  # what index, app and export now load
+    assert saved.extra_cfg["calibration"]["l0_after"] == pytest.approx(report["l0_after"])
+    kept = run / "threshold_trained.safetensors"
+    assert torch.equal(load_file(str(kept))["threshold"], trained)
+    evaluate_run(run, cfg, model=model)  # a second calibration never overwrites the trained θ
+    assert torch.equal(load_file(str(kept))["threshold"], trained)
+    with pytest.raises(ConfigError, match="save_calibration"):
+        EvalConfig(save_calibration=True)

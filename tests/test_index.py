@@ -378,3 +378,14 @@ def test_latent_card_of_a_16k_index_reads_lazily(tmp_path):
     print(f"latent card: {per_card * 1e3:.1f} ms")
     assert len(cards[1].top_examples) == k and len(cards[2].quantile_examples) == s
     assert cards[1].top_examples[0].token_ids == examples["top_tokens"][8191, 0].tolist()
+
+
+def test_index_bench_times_both_variants_and_leaves_the_runs_index_alone(tiny_run):
+    from saekit.bench.index import run_index_bench
+    from saekit.config_bench import BenchConfig
+
+    run, _, _ = tiny_run
+    before = (run / "index" / "index.json").read_bytes()
+    text = run_index_bench(BenchConfig(mode="index", run=str(run), sequences=(3,), reps=1))
+    assert "3 sequences" in text and "-> ratio" in text and "of the bare forward's speed" in text
+    assert (run / "index" / "index.json").read_bytes() == before

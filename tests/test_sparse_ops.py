@@ -164,3 +164,14 @@ def test_encode_selected_gradcheck_fp64():
 
     inputs = tuple(t.requires_grad_(True) for t in (x, W_enc, b_enc, b_dec))
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_sparse_decode_gradcheck_fp64_with_empty_rows():
+    # saekit's own decode backward (sampled dots for the values, latent bags for W_dec) against finite
+    # differences, on a code with empty rows and a latent used by several rows
+    indices, offsets, _ = random_csr(6, 9, 4, empty_rows=(0, 4), generator=torch.Generator().manual_seed(3))
+    values = torch.rand(indices.numel(), dtype=torch.float64, requires_grad=True)
+    W_dec = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    b_dec = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    fn = lambda v, w, b: sparse_decode(indices, v, offsets, w, b)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (values, W_dec, b_dec))

@@ -9,6 +9,7 @@ from saekit.sae import Sae, get_method, make_objective
 from saekit.sae.methods.topk import TopK
 from saekit.sae.objective import ReconstructionAuxK, auxk_loss, auxk_selection, mse_scale_from_sample
 from saekit.train.dead import DeadLatentTracker
+from saekit.train.step import densify_grads_
 from saekit.types import Batch
 
 
@@ -142,7 +143,7 @@ def test_auxk_dense_and_sparse_paths_agree(n_dead, k_aux):
         loss = auxk_loss(sae, x, x - out.x_hat, out.aux_pre_acts, dead_idx, k_aux, dense=dense)
         loss.backward()
         results.append(
-            [loss.detach()] + [p.grad.clone() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
+            [loss.detach()] + [p.grad.to_dense() for p in (sae.W_enc_T, sae.b_enc, sae.W_dec, sae.b_dec)]
         )
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -175,6 +176,7 @@ def test_auxk_gradient_reaches_only_selected_dead_latents_including_the_encoder(
     loss = auxk_loss(sae, x, x - out.x_hat, out.aux_pre_acts, dead_idx, k_aux=2, dense=dense)
     sae.zero_grad(set_to_none=True)
     loss.backward()
+    densify_grads_(sae)  # the AuxK term alone leaves its row lookups' gradients sparse
     live = torch.ones(30, dtype=torch.bool)
     live[dead_idx] = False
     assert torch.count_nonzero(sae.W_enc_T.grad.t()[:, live]) == 0

@@ -50,22 +50,7 @@ def build_index(
     `saekit index --help`. `model`: the run's model, already loaded (default: loaded by name).
     """
     cfg = _index_config(config, keys)
-    settings = IndexSettings(
-        num_sequences=cfg.num_sequences,
-        context_length=cfg.context_length,
-        batch_size=cfg.batch_size,
-        top_examples=cfg.top_examples,
-        quantile_bins=cfg.quantile_bins,
-        examples_per_bin=cfg.examples_per_bin,
-        context_window=(int(cfg.context_window[0]), int(cfg.context_window[1])),
-        logit_lens_top_k=cfg.logit_lens_top_k,
-        prompts=tuple(cfg.prompts),
-        output_amp=float(cfg.output_amp),
-        min_input_examples=cfg.min_input_examples,
-        output_scores=cfg.compute_output_scores,
-        seed=cfg.seed,
-        output_batch_size=cfg.output_batch_size,
-    )
+    settings = index_settings(cfg)
     progress = cfg.progress
     run_dir = Path(run_dir)
     run = open_run(run_dir, settings, model)
@@ -90,6 +75,26 @@ def build_index(
         meta["throughput"]["total_seconds"],
     )
     return path
+
+
+def index_settings(cfg: IndexConfig) -> IndexSettings:
+    """The settings stored in index.json, from the stage config."""
+    return IndexSettings(
+        num_sequences=cfg.num_sequences,
+        context_length=cfg.context_length,
+        batch_size=cfg.batch_size,
+        top_examples=cfg.top_examples,
+        quantile_bins=cfg.quantile_bins,
+        examples_per_bin=cfg.examples_per_bin,
+        context_window=(int(cfg.context_window[0]), int(cfg.context_window[1])),
+        logit_lens_top_k=cfg.logit_lens_top_k,
+        prompts=tuple(cfg.prompts),
+        output_amp=float(cfg.output_amp),
+        min_input_examples=cfg.min_input_examples,
+        output_scores=cfg.compute_output_scores,
+        seed=cfg.seed,
+        output_batch_size=cfg.output_batch_size,
+    )
 
 
 @dataclass

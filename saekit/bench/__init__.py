@@ -10,6 +10,7 @@ saekit bench collection=true                   # + tokens/s of `collect` vs a ba
 saekit bench device=cuda                       # Triton kernels vs torch twins (a CUDA machine only)
 saekit bench mode=streams saes=4 d_sae=4096      # N SAEs from one cache stream vs N separate runs
 saekit bench mode=ranks d_sae=4096 batch=1024    # tokens/s: 1 process vs torchrun with 2 ranks
+saekit bench mode=index run=runs/demo/topk       # index with vs without output scores; scan vs forward
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def run_bench(cfg: BenchConfig) -> str:
         from saekit.bench.ranks import run_ranks_bench
 
         return run_ranks_bench(cfg)
+    if cfg.mode == "index":  # saekit index with and without output scores; scan vs a bare forward
+        from saekit.bench.index import run_index_bench
+
+        return run_index_bench(cfg)
     if cfg.device == "cuda":
         from saekit.bench.device import run_device_bench
 

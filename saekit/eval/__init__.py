@@ -5,9 +5,10 @@ result = evaluate_run("runs/topk")          # also writes runs/topk/eval.json
 print(format_eval_table(result))
 """
 
-from saekit.eval.evaluate import evaluate_run, format_eval_table
+from saekit.eval.evaluate import evaluate_run
 from saekit.eval.metrics import ReconstructionStats, SparsityStats, log_density_histogram
 from saekit.eval.splice import spliced_losses
+from saekit.eval.table import format_eval_table
 
 __all__ = [
     "ReconstructionStats",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,6 +99,30 @@ def calibrate_thresholds_(
         "threshold_mean_before": float(old.double().mean()),
         "threshold_mean_after": float(sae.threshold.double().mean()),
     }
+
+
+TRAINED_THRESHOLD_FILE = "threshold_trained.safetensors"
+"""Where `save_calibrated` keeps a run's trained θ (written once, never overwritten)."""
+
+
+def save_calibrated(sae: Any, checkpoint: Path, run_path: Path, report: dict[str, Any]) -> Path:
+    """Write the calibrated `sae` over `checkpoint` (staged, so a crash leaves the old one whole), with
+    `report` in its cfg.json `extra.calibration`; before the first overwrite the trained θ goes to
+    <run>/threshold_trained.safetensors, so no calibration ever loses it. Returns the checkpoint path."""
+    from safetensors.torch import load_file, save_file
+
+    from saekit.io import atomic_path
+    from saekit.sae.checkpoint import WEIGHTS_FILE
+
+    kept = run_path / TRAINED_THRESHOLD_FILE
+    if not kept.exists():
+        trained = load_file(str(checkpoint / WEIGHTS_FILE))["threshold"]
+        with atomic_path(kept) as tmp:
+            save_file({"threshold": trained}, str(tmp), metadata={"source": str(checkpoint)})
+    sae.extra_cfg = {**sae.extra_cfg, "calibration": {**report, "trained_threshold": str(kept)}}
+    sae.save(checkpoint)
+    logger.info("saved calibrated thresholds into %s (trained θ kept in %s)", checkpoint, kept)
+    return checkpoint
 
 
 # ---------------------------------------------------------------------------------------- estimators

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -180,7 +181,9 @@ def _aux_reconstruction_dense(
     """ê = (ReLU(h_dead) [⊙ weights] ⊙ top-k mask) W_dec[dead], with h_dead recomputed under autograd by one
     small GEMM over the dead encoder columns (B·n_dead·d_in), so gradients flow to exactly those
     columns/rows."""
-    W_sub = sae.W_enc_T.index_select(0, dead_idx).t()  # contiguous rows of the latent-major storage
+    # Row lookups with sparse gradients: the dead rows' gradients are added into the dense ones the main
+    # term produces, instead of each being scattered into a zero-filled [d_sae, d_in] tensor first.
+    W_sub = F.embedding(dead_idx, sae.W_enc_T, sparse=True).t()  # rows of the latent-major storage
     h = torch.addmm(sae.b_enc.index_select(0, dead_idx), x - sae.b_dec, W_sub)
     z = torch.relu(h)
     if weights is not None:
@@ -190,7 +193,7 @@ def _aux_reconstruction_dense(
             keep = torch.zeros_like(aux_pre_acts, dtype=torch.bool)
             keep.scatter_(1, torch.topk(aux_pre_acts, k, dim=1, sorted=False).indices, True)
         z = z * keep
-    return z @ sae.W_dec.index_select(0, dead_idx)
+    return z @ F.embedding(dead_idx, sae.W_dec, sparse=True)
 
 
 class ReconstructionAuxK(Objective):

@@ -106,7 +106,10 @@ class _Evaluator:
     def __init__(self, cfg: StudyConfig, manifest: dict[str, Any]) -> None:
         self.cfg = cfg
         self.eval_cfg = EvalConfig(
-            num_sequences=cfg.eval_sequences, max_eval_rows=cfg.max_eval_rows, calibrate=cfg.calibrate
+            num_sequences=cfg.eval_sequences,
+            max_eval_rows=cfg.max_eval_rows,
+            calibrate=cfg.calibrate,
+            save_calibration=cfg.calibrate != "none",  # the runs' index, app and export then match the study
         )
         collected = manifest.get("collect_config") or {}
         self.model_name = collected.get("model") or manifest.get("model_id")

@@ -65,6 +65,7 @@ def training_step(
     out = objective(sae, batch, dead_mask=dead_mask, mse_scale=mse_scale)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    densify_grads_(sae)
     n_tokens = len(batch) if sync is None else sync(sae, objective, out, len(batch))
     constrained_adam_step(sae, optimizer)
     perm = objective.post_step(sae, optimizer, out)
@@ -74,6 +75,14 @@ def training_step(
             tracker.permute_(perm)
         tracker.update(out.fired, n_tokens, counts=out.fire_counts)
     return out
+
+
+def densify_grads_(sae: Sae) -> None:
+    """Dense gradients for the optimiser. AuxK's row lookups have sparse gradients that autograd adds into
+    the dense ones of the main term; only a loss without that term (never in training) leaves them sparse."""
+    for param in sae.parameters():
+        if param.grad is not None and param.grad.is_sparse:
+            param.grad = param.grad.to_dense()
 
 
 def make_optimizer(
