@@ -34,7 +34,13 @@ def run_index_bench(cfg: BenchConfig) -> str:
     torch.set_num_threads(cfg.threads)
     if not RunDir(cfg.run).is_finished():
         raise ConfigError(f"run={cfg.run} has no final/ checkpoint; `make demo` writes runs/demo/topk")
-    lines = [f"saekit bench mode=index: run {cfg.run}, threads {torch.get_num_threads()}, reps {cfg.reps}"]
+    from saekit.bench import cpu_description
+    from saekit.sae.encode_path import cpu_capability
+
+    lines = [
+        f"saekit bench mode=index: run {cfg.run}, threads {torch.get_num_threads()}, reps {cfg.reps}, "
+        f"cpu={cpu_description()} capability={cpu_capability()}"
+    ]
     model = None
     with tempfile.TemporaryDirectory(prefix="saekit-bench-index-") as tmp:
         scratch = _scratch_run(Path(cfg.run), Path(tmp) / "run")

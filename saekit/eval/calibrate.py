@@ -115,7 +115,7 @@ def save_calibrated(sae: Any, checkpoint: Path, run_path: Path, report: dict[str
     from saekit.sae.checkpoint import WEIGHTS_FILE
 
     kept = run_path / TRAINED_THRESHOLD_FILE
-    if not kept.exists():
+    if not kept.exists() and "calibration" not in sae.extra_cfg:  # θ already calibrated is not the trained θ
         trained = load_file(str(checkpoint / WEIGHTS_FILE))["threshold"]
         with atomic_path(kept) as tmp:
             save_file({"threshold": trained}, str(tmp), metadata={"source": str(checkpoint)})
