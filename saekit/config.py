@@ -28,7 +28,7 @@ from saekit.config_io import (
     save_config,
     to_dict,
 )
-from saekit.config_study import StudyConfig
+from saekit.config_study import CompareConfig, StudyConfig
 from saekit.config_train import (
     LogConfig,
     SaeMember,
@@ -279,52 +279,6 @@ class EvalConfig:
             "save_calibration",
             "needs calibrate=heldout or calibrate=cache (there is nothing to save without a calibration)",
         )
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """What `saekit compare` does: train every listed method on one cache at equal mean L0, then evaluate."""
-
-    methods: tuple[str, ...] = ("configs/topk.yaml", "configs/batchtopk.yaml")
-    """Train YAMLs, one per method (paths relative to the working directory)."""
-    cache_dir: str = "runs/cache"
-    """Activation cache every method trains on."""
-    hookpoint: str | None = None
-    """Hook point of the cache; null picks the only one."""
-    k: int = 32
-    """Every method trains at this mean L0 (the key its method declares: k, MP's steps, JumpReLU's target)."""
-    expansion_factor: int = 8
-    """Same width for every method."""
-    total_tokens: int = 200_000
-    """Training tokens per method."""
-    batch_size: int = 1024
-    """Training batch size for every method."""
-    dead_tokens: int = 100_000
-    """Dead-latent window for every method (short runs need a short one for AuxK to act)."""
-    eval_sequences: int = 16
-    """Held-out sequences per evaluation."""
-    threshold_ema: float | None = None
-    """Override the inference-threshold EMA rate of batch-coupled methods; short runs need a faster
-    rate than the 0.01 default, or threshold-mode L0 at evaluation drifts from k."""
-    reevaluate: bool = False
-    """Re-run evaluation of runs that already have an eval.json newer than their final/."""
-    out_dir: str = "runs/compare"
-    """One run directory per method under here, plus compare.json."""
-    progress: bool = True
-    """Progress bars while training."""
-
-    def __post_init__(self) -> None:
-        require(len(self.methods) > 0, "methods", "list at least one train YAML, e.g. [configs/topk.yaml]")
-        require_positive(
-            self, "k", "expansion_factor", "total_tokens", "batch_size", "dead_tokens", "eval_sequences"
-        )
-        require(
-            self.threshold_ema is None or 0 < self.threshold_ema <= 1,
-            "threshold_ema",
-            f"must be in (0, 1] (e.g. 0.05), or null for the method's default; got {self.threshold_ema}",
-        )
-        require_path(self.cache_dir, "cache_dir", "runs/cache")
-        require_path(self.out_dir, "out_dir", "runs/compare")
 
 
 @dataclass(frozen=True)

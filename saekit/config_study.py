@@ -1,4 +1,4 @@
-"""The `saekit study` stage config (kept out of config.py, which is near its size limit).
+"""The `saekit compare` and `saekit study` stage configs (kept out of config.py for its size).
 
 cfg = load_config(StudyConfig, "configs/study.yaml", ["seeds=[0,1,2]"])
 """
@@ -81,10 +81,56 @@ class StudyConfig:
             "eval_sequences",
             "max_eval_rows",
         )
-        require(
-            self.threshold_ema is None or 0 < self.threshold_ema <= 1,
-            "threshold_ema",
-            f"must be in (0, 1] (e.g. 0.05), or null for the method's default; got {self.threshold_ema}",
-        )
+        require_threshold_ema(self.threshold_ema)
         require_path(self.cache_dir, "cache_dir", "runs/cache")
         require_path(self.out_dir, "out_dir", "runs/study")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What `saekit compare` does: train every listed method on one cache at equal mean L0, then evaluate."""
+
+    methods: tuple[str, ...] = ("configs/topk.yaml", "configs/batchtopk.yaml")
+    """Train YAMLs, one per method (paths relative to the working directory)."""
+    cache_dir: str = "runs/cache"
+    """Activation cache every method trains on."""
+    hookpoint: str | None = None
+    """Hook point of the cache; null picks the only one."""
+    k: int = 32
+    """Every method trains at this mean L0 (the key its method declares: k, MP's steps, JumpReLU's target)."""
+    expansion_factor: int = 8
+    """Same width for every method."""
+    total_tokens: int = 200_000
+    """Training tokens per method."""
+    batch_size: int = 1024
+    """Training batch size for every method."""
+    dead_tokens: int = 100_000
+    """Dead-latent window for every method (short runs need a short one for AuxK to act)."""
+    eval_sequences: int = 16
+    """Held-out sequences per evaluation."""
+    threshold_ema: float | None = None
+    """Override the inference-threshold EMA rate of batch-coupled methods; short runs need a faster
+    rate than the 0.01 default, or threshold-mode L0 at evaluation drifts from k."""
+    reevaluate: bool = False
+    """Re-run evaluation of runs that already have an eval.json newer than their final/."""
+    out_dir: str = "runs/compare"
+    """One run directory per method under here, plus compare.json."""
+    progress: bool = True
+    """Progress bars while training."""
+
+    def __post_init__(self) -> None:
+        require(len(self.methods) > 0, "methods", "list at least one train YAML, e.g. [configs/topk.yaml]")
+        require_positive(
+            self, "k", "expansion_factor", "total_tokens", "batch_size", "dead_tokens", "eval_sequences"
+        )
+        require_threshold_ema(self.threshold_ema)
+        require_path(self.cache_dir, "cache_dir", "runs/cache")
+        require_path(self.out_dir, "out_dir", "runs/compare")
+
+
+def require_threshold_ema(value: float | None) -> None:
+    require(
+        value is None or 0 < value <= 1,
+        "threshold_ema",
+        f"must be in (0, 1] (e.g. 0.05), or null for the method's default; got {value}",
+    )

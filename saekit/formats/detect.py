@@ -9,7 +9,6 @@ point; a multi-SAE SAELens checkpoint: one subdirectory per SAE); `select` names
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from saekit.formats.dictionary_learning import (
 )
 from saekit.formats.saelens import is_saelens_dir, read_saelens, write_saelens
 from saekit.formats.sparsify import is_sparsify_dir, read_sparsify, write_sparsify
-from saekit.formats.spec import FORMATS, ForeignSae, FormatError
+from saekit.formats.spec import FORMATS, ForeignSae, FormatError, json_beside
 
 READERS: dict[str, Callable[[Path], ForeignSae]] = {
     "saelens": read_saelens,
@@ -41,11 +40,8 @@ _DETECTORS: dict[str, Callable[[Path], bool]] = {
 
 def is_saekit_dir(path: Path) -> bool:
     """A checkpoint written by `Sae.save`: cfg.json with `d_in` and an `sae` section."""
-    try:
-        raw = json.loads((path / "cfg.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and "sae" in raw and "d_in" in raw
+    raw = json_beside(path, "cfg.json")
+    return raw is not None and "sae" in raw and "d_in" in raw
 
 
 def detect_format(path: Path) -> str | None:

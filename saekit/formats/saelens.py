@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from saekit.formats.files import read_json, read_safetensors
-from saekit.formats.spec import ForeignSae, FormatError, as_float32, check_foreign
+from saekit.formats.spec import ForeignSae, FormatError, as_float32, check_foreign, json_beside
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -37,13 +37,8 @@ RULES = {"topk": "topk", "standard": "relu", **dict.fromkeys(THRESHOLD_ARCHITECT
 
 def is_saelens_dir(path: Path) -> bool:
     """cfg.json naming an SAELens architecture next to sae_weights.safetensors."""
-    if not (path / CFG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        return False
-    try:
-        raw = json.loads((path / CFG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and "architecture" in raw and "d_sae" in raw
+    raw = json_beside(path, CFG_FILE, WEIGHTS_FILE)
+    return raw is not None and "architecture" in raw and "d_sae" in raw
 
 
 def read_saelens(path: Path) -> ForeignSae:

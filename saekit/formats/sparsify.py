@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from saekit.formats.files import read_json, read_safetensors
 from saekit.formats.hooks import from_sparsify_name
-from saekit.formats.spec import ForeignSae, FormatError, as_float32, check_foreign
+from saekit.formats.spec import ForeignSae, FormatError, as_float32, check_foreign, json_beside
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -29,13 +29,8 @@ TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 
 def is_sparsify_dir(path: Path) -> bool:
     """One hook point's directory: cfg.json with sparsify's keys next to sae.safetensors."""
-    if not (path / CFG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        return False
-    try:
-        raw = json.loads((path / CFG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and "k" in raw and "expansion_factor" in raw and "sae" not in raw
+    raw = json_beside(path, CFG_FILE, WEIGHTS_FILE)
+    return raw is not None and "k" in raw and "expansion_factor" in raw and "sae" not in raw
 
 
 def sparsify_hookpoints(path: Path) -> list[str]:

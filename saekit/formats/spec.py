@@ -11,8 +11,10 @@ per-latent rescaling is folded into the weights, and `act_scale` is the one inpu
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -118,3 +120,15 @@ def as_float32(tensors: dict[str, Tensor], source: str) -> dict[str, Tensor]:
             raise FormatError(f"{source}: {name} has dtype {tensor.dtype}, expected floating point weights")
         out[name] = tensor.detach().to(torch.float32).contiguous()
     return out
+
+
+def json_beside(path: Path, cfg_file: str, weights_file: str | None = None) -> dict[str, Any] | None:
+    """The JSON object in `path/cfg_file` (with `path/weights_file` beside it, when named), or None when
+    either is missing or the config is unreadable or not an object: how each format recognises its dirs."""
+    if weights_file is not None and not (path / weights_file).is_file():
+        return None
+    try:
+        raw = json.loads((path / cfg_file).read_text())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
