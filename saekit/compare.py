@@ -62,6 +62,7 @@ def method_config(cfg: CompareConfig, path: str) -> TrainConfig:
 def run_compare(cfg: CompareConfig) -> str:
     from saekit.activations import open_cache
     from saekit.eval import evaluate_run
+    from saekit.eval.memo import ForwardMemo
 
     if not cfg.methods:
         raise ConfigError("methods: list at least one train YAML, e.g. [configs/topk.yaml]")
@@ -70,6 +71,7 @@ def run_compare(cfg: CompareConfig) -> str:
     trainable = [c for c in configs.values() if has_grads or not get_method(c.sae.method).needs_grads]
     train_pending(cfg, [c for c in trainable if not RunDir(c.run_dir).is_finished()])
     rows: list[dict[str, Any]] = []
+    memo = ForwardMemo()  # one model load and one set of clean/ablation forwards for every method
     for path, train_cfg in configs.items():
         name = Path(path).stem
         if train_cfg not in trainable:
@@ -79,7 +81,7 @@ def run_compare(cfg: CompareConfig) -> str:
         run_dir = RunDir(train_cfg.run_dir).path
         result = _cached_eval(run_dir) if not cfg.reevaluate else None
         if result is None:
-            result = evaluate_run(run_dir, EvalConfig(num_sequences=cfg.eval_sequences))
+            result = evaluate_run(run_dir, EvalConfig(num_sequences=cfg.eval_sequences), memo=memo)
         rows.append(_row(name, train_cfg, result, run_dir))
     _add_step_ratios(rows)
     out = Path(cfg.out_dir) / "compare.json"

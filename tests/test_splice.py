@@ -123,8 +123,8 @@ def test_bos_positions_are_never_spliced(toy):
     clean = model(tokens)
     model.seen.clear()
     _run(toy, FakeSae(gain=-1e3, bias=torch.randn(D)))
-    # batches of 2 -> 3 batches x (sae, zero, mean) splices, plus 3 clean forwards
-    spliced = [h for i, h in enumerate(model.seen) if i % 4 == 1]
+    # batches of 2 -> 3 batches x (clean, zero, mean, sae) forwards: the SAE-independent ones first
+    spliced = [h for i, h in enumerate(model.seen) if i % 4 == 3]
     acts = torch.cat(spliced)
     embeds = model.embed(tokens).detach()
     is_bos = tokens == BOS
@@ -376,3 +376,22 @@ def test_cli_eval_loads_the_model_named_in_the_manifest(tiny_runs, capsys):
     assert result["settings"]["heldout"]["model"] == "tiny"
     assert result["settings"]["tokens"]["heldout_sequences"] == 2
     assert "CE recovered (zero)" in capsys.readouterr().out
+
+
+def test_evaluate_run_with_a_shared_memo_matches_separate_evaluations(tiny_runs):
+    from saekit.config import EvalConfig
+    from saekit.eval import evaluate_run
+    from saekit.eval.memo import ForwardMemo
+
+    model, _, runs = tiny_runs
+    cfg = EvalConfig(num_sequences=4, batch_size=2, max_eval_rows=200)
+    alone = {name: evaluate_run(runs[name], cfg, model=model) for name in ("untrained", "identity")}
+    memo = ForwardMemo()  # empty: adopts the model of its first evaluation
+    shared = {"untrained": evaluate_run(runs["untrained"], cfg, model=model, memo=memo)}
+    assert memo.model is model and memo.hits == 0
+    shared["identity"] = evaluate_run(runs["identity"], cfg, memo=memo)
+    assert memo.hits > 0
+    for name in alone:
+        assert shared[name]["splice"] == alone[name]["splice"]
+        assert shared[name]["heldout"] == alone[name]["heldout"]
+        assert shared[name]["extras"] == alone[name]["extras"]

@@ -109,3 +109,26 @@ def test_the_report_prints_every_run_and_every_claim():
     assert sum(line.split()[0] == "batchtopk" for line in text.splitlines() if line.strip()) == 6
     assert "lower FVU than TopK at equal L0 (Bussmann et al. 2024): HOLDS" in text
     assert "0.1550 ± 0.0050 vs topk 0.2050 ± 0.0050" in text
+
+
+def test_every_claim_names_a_registered_method_and_a_known_metric():
+    from saekit.sae import METHODS
+    from saekit.study.claims import CLAIMS, LOWER_IS_BETTER
+
+    for claim in CLAIMS:
+        assert set(claim.methods) <= set(METHODS), claim  # a typo would leave the claim silently unjudged
+        if claim.kind != "no_dead":
+            assert claim.metric in LOWER_IS_BETTER and (claim.baseline_metric or "fvu") in LOWER_IS_BETTER
+
+
+def test_gradient_selected_ce_is_compared_with_the_baselines_plain_ce():
+    ce_topk = [(0.90, 0.95, 0.97), (0.90, 0.95, 0.97)]
+    topk = _runs("topk", "topk", [(0.30, 0.20, 0.12)] * 2, ce=ce_topk)
+    gsae = _runs("gsae", "gsae", [(0.30, 0.20, 0.12)] * 2, ce=ce_topk)
+    for row in gsae:
+        row["ce_recovered_grad"] = row["ce_recovered"] + 0.01
+    plain = _verdict(topk + gsae, "gsae", "plain selection")
+    grad = _verdict(topk + gsae, "gsae", "gradient selection")
+    assert plain["verdict"] == FAILS  # identical plain CE: no gain
+    assert grad["verdict"] == HOLDS and grad["points"][0]["gain"] == pytest.approx(0.01)
+    assert [p["baseline"]["mean"] for p in grad["points"]] == pytest.approx([0.90, 0.95, 0.97])

@@ -32,9 +32,10 @@ from saekit.eval.calibrate import calibrate_thresholds_, save_calibrated, target
 from saekit.eval.extras import extra_metrics
 from saekit.eval.grad_modes import SELECTION_MODE_METRICS
 from saekit.eval.levels import level_metrics, level_report
+from saekit.eval.memo import ForwardMemo, rows_source
 from saekit.eval.metrics import ReconstructionStats
 from saekit.eval.splice import ABLATIONS, EXCLUDED_POSITIONS, spliced_losses
-from saekit.eval.text_rows import activation_rows, collect_rows
+from saekit.eval.text_rows import take_rows
 from saekit.io import atomic_write_json
 from saekit.rundir import RunDir
 from saekit.sae import get_method
@@ -174,9 +175,18 @@ def mean_activation(model: Any, tokens: Tensor, hookpoint: str, batch_size: int)
 # ---------------------------------------------------------------------------------------- entry point
 
 
-def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: Any = None) -> dict[str, Any]:
-    """Evaluate the SAE of a run directory; writes `<run>/eval.json` atomically and returns its content."""
+def evaluate_run(
+    run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: Any = None, memo: ForwardMemo | None = None
+) -> dict[str, Any]:
+    """Evaluate the SAE of a run directory; writes `<run>/eval.json` atomically and returns its content.
+
+    `memo` (a `ForwardMemo`) reuses the SAE-independent forwards of earlier evaluations on the same text;
+    its model is the one used, and an empty memo adopts the model this call loads."""
     require_device(cfg.device, "device")
+    if memo is not None and memo.model is not None:
+        if model is not None and model is not memo.model:
+            raise ValueError("evaluate_run: model and memo.model differ; pass one of them")
+        model = memo.model
     run = RunDir(run_dir)
     train_cfg = run.load_config()
     check_directory_target(run.eval_path.parent, "run")  # eval.json is written at the very end
@@ -195,10 +205,12 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
         from saekit.models import load_model
 
         model = load_model(plan.model, device=cfg.device)
+    if memo is not None and memo.model is None:
+        memo.model = model
     _warn_if_other_model(model, sae)
     check_model_fits_sae(model, sae, plan.context_length)
     tokens = heldout_tokens(model, plan, cfg.num_sequences)
-    calibration = calibrate_for_eval(sae, cfg, model, plan, cache)  # before any metric: θ changes codes
+    calibration = calibrate_for_eval(sae, cfg, model, plan, cache, memo)  # before any metric: θ changes codes
     if calibration is not None and cfg.save_calibration:
         calibration["saved_to"] = str(save_calibrated(sae, checkpoint, run.path, calibration))
     cached = None
@@ -208,18 +220,23 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
     if mean_act is None:
         mean_act = mean_activation(model, tokens, sae.hookpoint, cfg.batch_size)
     heldout = ReconstructionStats(sae.d_sae, cfg.dense_threshold)
-    losses = spliced_losses(model, sae, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
+    losses = spliced_losses(
+        model, sae, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout, memo=memo
+    )
 
     result = _assemble(run.path, checkpoint, sae, cfg, plan, cached, heldout, losses, mean_source)
     result["sparsity_target"] = {"target_l0": target_l0(sae), "calibration": calibration}
-    rows = collect_rows(model, tokens, sae.hookpoint, batch_size=cfg.batch_size, max_rows=cfg.max_eval_rows)
+    rows = take_rows(
+        rows_source(model, memo, tokens, sae.hookpoint, batch_size=cfg.batch_size), cfg.max_eval_rows
+    )
     result["extras"] = extra_metrics(sae, cfg, rows=rows, model=model)
     modes = get_method(sae.cfg.method).selection_modes  # e.g. g-SAE: also gradient-informed selection
     if modes:
         result["selection_modes"] = {
             "top_level": "plain",
             **{
-                mode: SELECTION_MODE_METRICS[mode](sae, cache, model, tokens, cfg, mean_act) for mode in modes
+                mode: SELECTION_MODE_METRICS[mode](sae, cache, model, tokens, cfg, mean_act, memo=memo)
+                for mode in modes
             },
         }
     if cache is not None and level_report(sae) is not None:  # nested methods: one FVU/L0 per level
@@ -230,7 +247,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = DEFAULT_EVAL, *, model: 
 
 
 def calibrate_for_eval(
-    sae: Any, cfg: EvalConfig, model: Any, plan: HeldOutText, cache: Any
+    sae: Any, cfg: EvalConfig, model: Any, plan: HeldOutText, cache: Any, memo: ForwardMemo | None = None
 ) -> dict[str, Any] | None:
     """cfg.calibrate: re-estimate the SAE's inference thresholds (in memory; the checkpoint is unchanged)
     on held-out text after the evaluated sequences, or on the cache's last rows; the report, or None."""
@@ -244,7 +261,7 @@ def calibrate_for_eval(
         count = math.ceil(cfg.calibration_rows / max(plan.context_length - 2, 1)) + 1
         later = dataclasses.replace(plan, skip_sequences=plan.skip_sequences + cfg.num_sequences)
         tokens = heldout_tokens(model, later, count)
-        rows = activation_rows(model, tokens, sae.hookpoint, batch_size=cfg.batch_size)
+        rows = rows_source(model, memo, tokens, sae.hookpoint, batch_size=cfg.batch_size)
         source = f"{plan.corpus}: {len(tokens)} sequences after the {cfg.num_sequences} evaluated"
     report = calibrate_thresholds_(sae, rows, max_rows=cfg.calibration_rows)
     return None if report is None else {**report, "source": source}

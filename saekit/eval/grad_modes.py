@@ -18,6 +18,7 @@ from torch import Tensor
 
 from saekit.config import EvalConfig
 from saekit.eval.cached_rows import cached_row_metrics, iter_last_rows
+from saekit.eval.memo import ForwardMemo
 from saekit.eval.metrics import ReconstructionStats
 from saekit.eval.splice import spliced_losses
 
@@ -29,6 +30,8 @@ def grad_mode_metrics(
     tokens: Int[Tensor, "n seq"],
     cfg: EvalConfig,
     mean_act: Float[Tensor, " d_in"],
+    *,
+    memo: ForwardMemo | None = None,
 ) -> dict[str, Any]:
     """The cached/heldout/splice numbers again with gradient-informed selection (algorithms.md §5.5): cached
     rows use their stored dL/dx, held-out text gets it from one extra forward + backward per batch. The
@@ -44,7 +47,9 @@ def grad_mode_metrics(
 
     heldout = ReconstructionStats(sae.d_sae, cfg.dense_threshold)
     fed = WithGradients(sae, _heldout_grad_chunks(sae, model, tokens, cfg.batch_size))
-    losses = spliced_losses(model, fed, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout)
+    losses = spliced_losses(
+        model, fed, tokens, batch_size=cfg.batch_size, mean_act=mean_act, recon=heldout, memo=memo
+    )
     return {"cached": cached, "heldout": heldout.compute(), "splice": losses}
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit import models
+from saekit.eval.memo import ForwardMemo, fingerprint
 from saekit.eval.metrics import ReconstructionStats, safe_ratio
 from saekit.types import SparseCode
 
@@ -123,6 +124,14 @@ class _LossSums:
             kl = kl_per_position(logp_clean[:, :-1], logp[:, :-1])
             self.kl[name] = self.kl.get(name, 0.0) + float(kl[scored].double().sum())
 
+    def merge(self, other: _LossSums) -> None:
+        """Add another batch's sums (the memoised SAE-independent variants of a batch)."""
+        for name, value in other.ce.items():
+            self.ce[name] = self.ce.get(name, 0.0) + value
+        for name, value in other.kl.items():
+            self.kl[name] = self.kl.get(name, 0.0) + value
+        self.positions += other.positions
+
     def summary(self) -> dict[str, Any]:
         n = max(self.positions, 1)
         ce = {k: v / n for k, v in self.ce.items()}
@@ -148,21 +157,26 @@ def spliced_losses(
     mean_act: Float[Tensor, " d_in"],
     recon: ReconstructionStats | None = None,
     progress: bool = True,
+    memo: ForwardMemo | None = None,
 ) -> dict[str, Any]:
     """Clean / SAE / zero-ablation / mean-ablation CE and KL at `sae.hookpoint` over `tokens`.
 
     `mean_act` is the dataset mean of the *raw* activation (mean ablation). If `recon` is given it also
     receives the held-out activations (non-special positions) and their reconstructions, at no extra
-    forward cost. Returns a JSON-serialisable dict (see `_LossSums.summary`).
+    forward cost. A `memo` (of this model) keeps the clean and ablation results per batch, so evaluating
+    another SAE on the same tokens runs only the spliced forward. Returns a JSON-serialisable dict (see
+    `_LossSums.summary`).
     """
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be [n, seq] with seq >= 2, got {tuple(tokens.shape)}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if memo is not None and memo.model is not None and memo.model is not model:
+        raise ValueError("spliced_losses: the memo holds another model's forwards; use one memo per model")
     sums = _LossSums()
     starts = range(0, tokens.shape[0], batch_size)
     for start in tqdm(starts, desc="splice", unit="batch", disable=not progress, leave=False):
-        _splice_batch(model, sae, tokens[start : start + batch_size], mean_act, recon, sums)
+        _splice_batch(model, sae, tokens[start : start + batch_size], mean_act, recon, sums, memo)
     if sums.positions == 0:
         raise ValueError("no scored positions: every input token was special; use longer sequences")
     out = sums.summary()
@@ -170,22 +184,56 @@ def spliced_losses(
     return out
 
 
+class _Reference:
+    """The SAE-independent part of one batch: clean log-probs and the clean/ablation loss sums."""
+
+    def __init__(self, logp_clean: Tensor, sums: _LossSums) -> None:
+        self.logp_clean = logp_clean
+        self.sums = sums
+
+    def nbytes(self) -> int:
+        return self.logp_clean.numel() * self.logp_clean.element_size()
+
+
+def _reference(model: Any, batch: Tensor, hookpoint: str, special: Tensor, mean_vec: Tensor) -> _Reference:
+    scored = target_positions(special)
+    ablations: dict[str, SpliceFn] = {
+        "zero_ablation": torch.zeros_like,
+        "mean_ablation": lambda act: mean_vec.reshape(act.shape[2:]).expand_as(act),
+    }
+    sums = _LossSums()
+    logp_clean = log_probs(models.logits_of(model, batch))
+    sums.add("clean", logp_clean, batch, scored, None)
+    for name, fn in ablations.items():
+        logits = models.run_with_splice(model, batch, hookpoint, _keep_special(fn, special))
+        sums.add(name, log_probs(logits), batch, scored, logp_clean)
+    sums.positions = int(scored.sum())
+    return _Reference(logp_clean, sums)
+
+
 def _splice_batch(
-    model: Any, sae: Any, batch: Tensor, mean_act: Tensor, recon: ReconstructionStats | None, sums: _LossSums
+    model: Any,
+    sae: Any,
+    batch: Tensor,
+    mean_act: Tensor,
+    recon: ReconstructionStats | None,
+    sums: _LossSums,
+    memo: ForwardMemo | None,
 ) -> None:
     device = next(iter(sae.parameters())).device if hasattr(sae, "parameters") else batch.device
     batch = batch.to(device)
     special = models.special_token_mask(batch, model).to(device)
-    scored = target_positions(special)
     mean_vec = mean_act.to(device=device, dtype=torch.float32).reshape(-1)
-    splices: dict[str, SpliceFn] = {
-        "sae": _sae_splice(sae, ~special, recon),
-        "zero_ablation": torch.zeros_like,
-        "mean_ablation": lambda act: mean_vec.reshape(act.shape[2:]).expand_as(act),
-    }
-    logp_clean = log_probs(models.logits_of(model, batch))
-    sums.add("clean", logp_clean, batch, scored, None)
-    for name, fn in splices.items():
-        logits = models.run_with_splice(model, batch, sae.hookpoint, _keep_special(fn, special))
-        sums.add(name, log_probs(logits), batch, scored, logp_clean)
-    sums.positions += int(scored.sum())
+
+    def compute() -> _Reference:
+        return _reference(model, batch, sae.hookpoint, special, mean_vec)
+
+    if memo is None:
+        ref = compute()
+    else:
+        key = ("splice", sae.hookpoint, str(device), fingerprint(batch), fingerprint(mean_vec))
+        ref = memo.get_or_compute(key, compute, _Reference.nbytes)
+    sums.merge(ref.sums)
+    splice = _keep_special(_sae_splice(sae, ~special, recon), special)
+    logits = models.run_with_splice(model, batch, sae.hookpoint, splice)
+    sums.add("sae", log_probs(logits), batch, target_positions(special), ref.logp_clean)

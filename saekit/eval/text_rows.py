@@ -9,7 +9,7 @@ their rows here, one forward pass per batch of sequences, stopped after the hook
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -35,10 +35,15 @@ def collect_rows(
     model: Any, tokens: Int[Tensor, "n seq"], hookpoint: str, *, batch_size: int, max_rows: int
 ) -> Float[Tensor, "rows d_in"]:
     """Up to `max_rows` rows of `activation_rows` as one tensor."""
-    chunks, total = [], 0
-    for chunk in activation_rows(model, tokens, hookpoint, batch_size=batch_size):
-        chunks.append(chunk[: max_rows - total])
-        total += len(chunks[-1])
+    return take_rows(activation_rows(model, tokens, hookpoint, batch_size=batch_size), max_rows)
+
+
+def take_rows(chunks: Iterable[Tensor], max_rows: int) -> Float[Tensor, "rows d_in"]:
+    """The first `max_rows` rows of a stream of row chunks, as one tensor."""
+    out, total = [], 0
+    for chunk in chunks:
+        out.append(chunk[: max_rows - total])
+        total += len(out[-1])
         if total >= max_rows:
             break
-    return torch.cat(chunks) if chunks else torch.empty(0)
+    return torch.cat(out) if out else torch.empty(0)

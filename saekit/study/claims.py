@@ -21,7 +21,7 @@ from saekit.study.frontier import Curve, common_l0s, seed_stat
 
 HOLDS, FAILS, UNTESTED = "holds", "does not hold", "not tested"
 
-LOWER_IS_BETTER = {"fvu": True, "ce_recovered": False}
+LOWER_IS_BETTER = {"fvu": True, "ce_recovered": False, "ce_recovered_grad": False}
 """Study metrics a frontier claim can name, and their direction."""
 
 
@@ -36,6 +36,9 @@ class Claim:
     tolerance: float = 0.0
     """no_worse: how far behind the baseline still counts as no worse (relative to the baseline's value
     for FVU, absolute for CE recovered)."""
+    baseline_metric: str | None = None
+    """The baseline's metric compared with `metric` when it differs (g-SAE's gradient-selected CE against
+    TopK's plain CE); None: the same metric."""
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -56,9 +59,14 @@ CLAIMS: tuple[Claim, ...] = (
         "no_worse", "fvu", 0.01,
     ),
     Claim(
-        ("gsae",), "Olmo et al. 2025", "higher CE recovered than TopK at equal L0", "better", "ce_recovered",
+        ("gsae",), "Olmo et al. 2025", "higher CE recovered than TopK at equal L0 (plain selection)",
+        "better", "ce_recovered",
     ),
-    Claim(("mp_sae",), "Costa et al. 2025", "lower FVU than TopK at equal L0", "better", "fvu"),
+    Claim(
+        ("gsae",), "Olmo et al. 2025", "higher CE recovered than TopK at equal L0 (gradient selection)",
+        "better", "ce_recovered_grad", baseline_metric="ce_recovered",
+    ),
+    Claim(("mp",), "Costa et al. 2025", "lower FVU than TopK at equal L0", "better", "fvu"),
     Claim(
         ("jumprelu",), "Rajamanoharan et al. 2024", "FVU no worse than TopK (2 %) at equal L0", "no_worse",
         "fvu", 0.02,
@@ -90,7 +98,8 @@ def judge_frontier(
     l0s: Sequence[float],
 ) -> dict[str, Any]:
     """Verdict of a better / no_worse claim, with the per-L0 numbers behind it."""
-    mine, base = seed_curves(runs, name, claim.metric), seed_curves(runs, baseline, claim.metric)
+    mine = seed_curves(runs, name, claim.metric)
+    base = seed_curves(runs, baseline, claim.baseline_metric or claim.metric)
     if not base or not any(c.l0 for c in base):
         return {"verdict": UNTESTED, "reason": f"no finished {baseline} runs to compare with"}
     points = common_l0s([*mine, *base], ks, l0s)

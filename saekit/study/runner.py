@@ -113,7 +113,9 @@ class _Evaluator:
         )
         collected = manifest.get("collect_config") or {}
         self.model_name = collected.get("model") or manifest.get("model_id")
-        self.model: Any = None
+        self.memo: Any = None
+        """ForwardMemo of the loaded model: the clean/ablation forwards and held-out rows are computed
+        once for the whole study, not once per run."""
 
     def __call__(self, run_dir: Path) -> dict[str, Any]:
         from saekit.eval import evaluate_run
@@ -121,11 +123,12 @@ class _Evaluator:
         cached = None if self.cfg.reevaluate else fresh_eval(run_dir)
         if cached is not None:
             return cached
-        if self.model is None and self.model_name is not None:
+        if self.memo is None and self.model_name is not None:
+            from saekit.eval.memo import ForwardMemo
             from saekit.models import load_model
 
-            self.model = load_model(self.model_name)
-        return evaluate_run(run_dir, self.eval_cfg, model=self.model)
+            self.memo = ForwardMemo(load_model(self.model_name))
+        return evaluate_run(run_dir, self.eval_cfg, memo=self.memo)
 
 
 def fresh_eval(run_dir: Path) -> dict[str, Any] | None:
