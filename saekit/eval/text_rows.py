@@ -4,7 +4,7 @@ Held-out metrics that need x itself (threshold calibration, shrinkage, per-prefi
 their rows here, one forward pass per batch of sequences, stopped after the hooked layer.
 
     for x in activation_rows(model, tokens, "blocks.9.hook_resid_post", batch_size=8): ...   # [rows, d]
-    x = collect_rows(model, tokens, hookpoint, batch_size=8, max_rows=16384)              # one tensor
+    x = take_rows(activation_rows(model, tokens, hookpoint, batch_size=8), 16384)        # one tensor
 """
 
 from __future__ import annotations
@@ -29,13 +29,6 @@ def activation_rows(
         acts = capture(model, batch, [hookpoint]).acts[hookpoint]
         keep = ~special_token_mask(batch, model).to(acts.device)
         yield acts[keep].float().cpu()
-
-
-def collect_rows(
-    model: Any, tokens: Int[Tensor, "n seq"], hookpoint: str, *, batch_size: int, max_rows: int
-) -> Float[Tensor, "rows d_in"]:
-    """Up to `max_rows` rows of `activation_rows` as one tensor."""
-    return take_rows(activation_rows(model, tokens, hookpoint, batch_size=batch_size), max_rows)
 
 
 def take_rows(chunks: Iterable[Tensor], max_rows: int) -> Float[Tensor, "rows d_in"]:
